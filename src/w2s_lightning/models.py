@@ -1,0 +1,88 @@
+"""The classifier: a Hugging Face backbone, a pooling rule and a zero-initialised linear head."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from w2s_lightning import zoo
+from w2s_lightning.errors import ConfigError, ModelError
+
+
+def pool_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # The position of the last 1 in the attention mask, so left or right padding and
+    # token id 0 inside the text never move it (the reference counted ids != 0).
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask.long() * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def pool_first(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+POOLINGS = {"last": pool_last, "mean": pool_mean, "first": pool_first}
+
+
+class Classifier(nn.Module):
+    """Backbone -> pooled hidden state -> linear head with two logits."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, num_labels: int = 2):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling={pooling!r} is unknown; choose one of {sorted(POOLINGS)}.")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = nn.Linear(backbone.config.hidden_size, num_labels, bias=False)
+        # Zero init as in the paper: the classifier starts at exactly 50/50.
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = POOLINGS[self.pooling](hidden, attention_mask)
+        return self.head(pooled.to(self.head.weight.dtype)).float()
+
+
+def _load_error(model_cfg: DictConfig, source: str, err: Exception) -> ModelError:
+    return ModelError(
+        f"model '{model_cfg.name}': cannot load '{source}' ({type(err).__name__}: {err}). "
+        f"Zoo models ({zoo.ZOO_MODELS}) work offline as path=zoo:<name>; any local HF folder works "
+        "as path=/the/folder; hub ids need the hub."
+    )
+
+
+def load_classifier(model_cfg: DictConfig, zoo_dir: str) -> Classifier:
+    source = zoo.resolve(model_cfg.path, zoo_dir)
+    kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+    if model_cfg.get("dtype"):
+        kwargs["dtype"] = getattr(torch, model_cfg.dtype)
+    try:
+        backbone = AutoModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(model_cfg, source, err) from err
+    if model_cfg.get("gradient_checkpointing"):
+        backbone.gradient_checkpointing_enable()
+    return Classifier(backbone, model_cfg.pooling)
+
+
+def load_tokenizer(model_cfg: DictConfig, zoo_dir: str) -> PreTrainedTokenizerBase:
+    source = zoo.resolve(model_cfg.path, zoo_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error(model_cfg, source, err) from err
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; the mask marks padding
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    # Questions and answers sit at the end of the formatted text: cut long texts on the left.
+    tokenizer.truncation_side = "left"
+    return tokenizer

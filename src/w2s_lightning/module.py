@@ -1,0 +1,79 @@
+"""The LightningModule that trains a Classifier with one of the losses."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from transformers import get_scheduler
+
+from w2s_lightning.errors import TrainingError
+from w2s_lightning.models import Classifier
+
+Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def binary_metrics(prefix: str) -> MetricCollection:
+    return MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC()}, prefix=prefix)
+
+
+class W2SModule(pl.LightningModule):
+    def __init__(
+        self,
+        classifier: Classifier,
+        loss: Loss,
+        lr: float,
+        weight_decay: float = 0.0,
+        lr_scheduler: str = "cosine",
+        warmup_frac: float = 0.0,
+        dropout: bool = False,
+        stage: str = "train",
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["classifier", "loss"])
+        self.classifier = classifier
+        self.loss = loss
+        self.val_metrics = binary_metrics("val/")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(batch["input_ids"], batch["attention_mask"])
+
+    def on_train_epoch_start(self) -> None:
+        if not self.hparams.dropout:
+            # Like the reference: no dropout while fine-tuning, for determinism.
+            self.classifier.eval()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        step_frac = self.global_step / max(1, self.trainer.estimated_stepping_batches)
+        loss = self.loss(logits, batch["target"], step_frac)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"stage '{self.hparams.stage}': the loss is {loss.item()} at step {self.global_step}. "
+                f"Lower the learning rate (now {self.hparams.lr:g}, e.g. model@strong.lr=...), "
+                "or train in full precision (trainer.precision=32-true)."
+            )
+        agreement = (logits.argmax(dim=-1) == (batch["target"] > 0.5).long()).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        self.log("train/acc_vs_target", agreement, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.val_metrics.update(self(batch).softmax(dim=-1)[:, 1], batch["label"])
+        self.log_dict(self.val_metrics, prog_bar=True)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Soft labels: P(label = 1) per example."""
+        return self(batch).softmax(dim=-1)[:, 1]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = get_scheduler(
+            self.hparams.lr_scheduler, optimizer,
+            num_warmup_steps=int(self.hparams.warmup_frac * total), num_training_steps=total,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,66 @@
+"""Weights & Biases: one run per trained stage plus a summary run, grouped per experiment.
+
+``logger.mode=auto`` logs online when an API key is configured (WANDB_API_KEY or a
+netrc entry from ``wandb login``) and offline otherwise; ``wandb sync`` uploads offline
+runs later. ``logger.mode=disabled`` turns W&B off.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from typing import Any
+
+import wandb
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+
+def resolve_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        has_login = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        has_login = False
+    return "online" if has_login else "offline"
+
+
+def enabled(cfg: DictConfig) -> bool:
+    return resolve_mode(cfg.logger.mode) != "disabled"
+
+
+def _run_kwargs(cfg: DictConfig, job_type: str, name: str) -> dict[str, Any]:
+    os.makedirs(cfg.logger.dir, exist_ok=True)
+    return dict(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        job_type=job_type,
+        name=name,
+        tags=list(cfg.logger.tags),
+        mode=resolve_mode(cfg.logger.mode),
+        dir=cfg.logger.dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        reinit="finish_previous",
+    )
+
+
+def stage_logger(cfg: DictConfig, role: str, model_name: str) -> WandbLogger | bool:
+    """A Lightning logger for one stage's training, or False when W&B is disabled."""
+    if not enabled(cfg):
+        return False
+    kwargs = _run_kwargs(cfg, role, f"{role}-{model_name}")
+    return WandbLogger(save_dir=kwargs.pop("dir"), **kwargs)
+
+
+def log_summary(cfg: DictConfig, summary: dict[str, float]) -> None:
+    """The experiment's headline numbers (stage accuracies, PGR) in one run of the group."""
+    if not enabled(cfg):
+        return
+    run = wandb.init(**_run_kwargs(cfg, "summary", f"summary-{cfg.logger.group}"))
+    run.log(summary)
+    run.summary.update(summary)
+    run.finish()
