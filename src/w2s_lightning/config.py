@@ -20,4 +20,15 @@ def default_data_dir() -> str | None:
     return None
 
 
+def cpu_precision() -> str:
+    """bf16 autocast on CPUs with native bf16 matrix units (AMX, AVX512-BF16), where it runs
+    several times faster than fp32; full fp32 elsewhere, where bf16 is emulated and slower."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "32-true"
+    return "bf16-mixed" if ("amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo) else "32-true"
+
+
 OmegaConf.register_new_resolver("w2s_data_dir", default_data_dir, replace=True)
+OmegaConf.register_new_resolver("w2s_cpu_precision", cpu_precision, replace=True)

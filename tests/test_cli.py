@@ -1,0 +1,37 @@
+"""run.py from the command line: clear errors for bad input, without a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "run.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize("override,choice", [("task=scique", "sciq"), ("loss=aux", "aux_conf"), ("model@weak=gpt5", "minilm_l3")])
+def test_unknown_names_list_the_choices(tmp_path, override, choice):
+    result = run_cli(tmp_path, override)
+    assert result.returncode != 0
+    assert "Available options" in result.stderr and choice in result.stderr
+
+
+def test_custom_task_without_a_file_says_what_to_set(tmp_path):
+    result = run_cli(tmp_path, "task=custom")
+    assert result.returncode == 2
+    assert "error: task=custom needs task.path=" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_broken_config_value_is_named(tmp_path):
+    result = run_cli(tmp_path, "strong.pooling=max")
+    assert result.returncode == 2
+    assert "pooling='max' is unknown" in result.stderr

@@ -1,0 +1,103 @@
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from w2s_lightning import pipeline
+from w2s_lightning.errors import ConfigError, TrainingError
+from w2s_lightning.metrics import pgr
+
+
+def read_results(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+
+
+def test_whole_pipeline_then_a_second_loss_reuses_weak_labels_and_ceiling(make_cfg, tiny_overrides, caplog):
+    caplog.set_level(logging.INFO, logger="w2s_lightning")
+    first = make_cfg(*tiny_overrides, "loss=xent")
+    results = pipeline.run(first)
+    assert read_results(first)["stages"] == results["stages"]
+    stages = results["stages"]
+    assert set(stages) == {"weak", "ceiling", "transfer"}
+    assert not any(s["reused"] for s in stages.values())
+    for s in stages.values():
+        assert 0.0 <= s["acc"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0
+    assert stages["weak"]["n_train"] == 48 and stages["transfer"]["n_train"] == 48
+    assert results["n_test"] == 64 and results["class_balance"]["test"]["rows"] == 64
+    expected = pgr(stages["weak"]["acc"], stages["transfer"]["acc"], stages["ceiling"]["acc"])
+    assert results["pgr"] == pytest.approx(expected, nan_ok=True)
+    assert results["pgr_defined"] == (expected == expected)
+    assert results["config"]["loss"]["name"] == "xent"
+
+    caplog.clear()
+    second = make_cfg(*tiny_overrides, "loss=aux_conf")
+    again = pipeline.run(second)
+    assert again["stages"]["weak"]["reused"] and again["stages"]["ceiling"]["reused"]
+    assert not again["stages"]["transfer"]["reused"]
+    assert again["stages"]["weak"]["key"] == stages["weak"]["key"]
+    assert again["stages"]["weak"]["acc"] == stages["weak"]["acc"]
+    assert again["stages"]["transfer"]["key"] != stages["transfer"]["key"]
+    log = caplog.text
+    assert "weak: reusing tiny-bert" in log and "ceiling: reusing tiny-llama" in log
+    assert "weak: training" not in log and "ceiling: training" not in log
+
+    rerun = pipeline.run(make_cfg(*tiny_overrides, "loss=aux_conf"))
+    assert all(s["reused"] for s in rerun["stages"].values())
+    assert rerun["stages"]["transfer"]["acc"] == again["stages"]["transfer"]["acc"]
+
+
+def inspect_run(run_dir: Path) -> dict:
+    """Read an offline W&B run back from its .wandb transaction log."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_wandb_offline_runs_hold_the_logged_metrics(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides, "logger.mode=offline", "seed=7")
+    results = pipeline.run(cfg)
+    runs = {}
+    for run_dir in (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"):
+        record = inspect_run(run_dir)
+        runs[record["config"].get("stage", "summary")] = record
+    assert set(runs) == {"weak", "ceiling", "transfer", "summary"}
+    for role in ("weak", "ceiling", "transfer"):
+        summary = runs[role]["summary"]
+        assert summary["test/acc"] == pytest.approx(results["stages"][role]["acc"])
+        assert "train/loss" in summary and "val/acc" in summary
+        assert runs[role]["state"] == "finished"
+        assert "pair:tiny-bert->tiny-llama" in runs[role]["tags"]
+    summary = runs["summary"]["summary"]
+    assert summary["pgr_defined"] == results["pgr_defined"]
+    if results["pgr_defined"]:  # W&B leaves NaN out of a run's summary
+        assert summary["pgr"] == pytest.approx(results["pgr"])
+    assert summary["transfer/acc"] == pytest.approx(results["stages"]["transfer"]["acc"])
+
+
+def test_nan_loss_stops_with_advice_and_caches_nothing(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides, "weak.lr=1e30")
+    with pytest.raises(TrainingError, match="Lower the learning rate"):
+        pipeline.run(cfg)
+    stage_dir = Path(cfg.paths.stage_dir)
+    assert not [p for p in stage_dir.iterdir() if not p.name.endswith(".lock")]
+
+
+def test_batch_size_must_split_into_micro_batches(make_cfg, tiny_overrides):
+    with pytest.raises(ConfigError, match="train.batch_size=24 is not a multiple"):
+        pipeline.run(make_cfg(*tiny_overrides, "train.batch_size=24", "weak.minibatch_size=16"))
+
+
+def test_several_devices_are_refused_before_training(make_cfg, tiny_overrides):
+    with pytest.raises(ConfigError, match="trainer.devices=2: stages predict on one device"):
+        pipeline.run(make_cfg(*tiny_overrides, "trainer.devices=2"))
+
+
+def test_cpu_precision_follows_the_cpu(make_cfg):
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert make_cfg().trainer.precision == ("bf16-mixed" if native_bf16 else "32-true")
