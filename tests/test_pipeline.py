@@ -101,3 +101,12 @@ def test_cpu_precision_follows_the_cpu(make_cfg):
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     native_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
     assert make_cfg().trainer.precision == ("bf16-mixed" if native_bf16 else "32-true")
+
+
+def test_a_crashed_transfer_keeps_the_finished_stages(make_cfg, tiny_overrides):
+    # A NaN-producing loss makes the transfer fail after weak and ceiling have finished.
+    with pytest.raises(TrainingError, match="stage 'transfer'"):
+        pipeline.run(make_cfg(*tiny_overrides, "loss=product", "loss.fn.alpha=nan"))
+    retry = pipeline.run(make_cfg(*tiny_overrides, "loss=xent"))
+    assert retry["stages"]["weak"]["reused"] and retry["stages"]["ceiling"]["reused"]
+    assert not retry["stages"]["transfer"]["reused"]

@@ -114,18 +114,23 @@ def _train_and_predict(
         cfg.trainer, max_epochs=cfg.train.epochs, accumulate_grad_batches=_accumulation(cfg, model_cfg),
         logger=logger, default_root_dir=cfg.paths.output_dir,
     )
-    trainer.fit(module, datamodule=datamodule)
-    train_seconds = time.time() - started
-    outputs = trainer.predict(module, datamodule=datamodule)
-    if len(predict_splits) == 1:
-        outputs = [outputs]
-    predictions = {name: torch.cat(batches).float() for name, batches in zip(predict_splits, outputs)}
-    metrics = evaluate(predictions["test"], torch.tensor(splits["test"]["label"]))
-    metrics.update(train_seconds=train_seconds, total_seconds=time.time() - started,
-                   n_train=len(splits[train_split]))
-    if logger:
-        logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if k in ("acc", "auroc")})
-        logger.experiment.finish()
+    exit_code = 1  # the W&B run is marked failed unless the stage completes
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        train_seconds = time.time() - started
+        outputs = trainer.predict(module, datamodule=datamodule)
+        if len(predict_splits) == 1:
+            outputs = [outputs]
+        predictions = {name: torch.cat(batches).float() for name, batches in zip(predict_splits, outputs)}
+        metrics = evaluate(predictions["test"], torch.tensor(splits["test"]["label"]))
+        metrics.update(train_seconds=train_seconds, total_seconds=time.time() - started,
+                       n_train=len(splits[train_split]))
+        if logger:
+            logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if k in ("acc", "auroc")})
+        exit_code = 0
+    finally:
+        if logger:
+            logger.experiment.finish(exit_code=exit_code)
     save_file({name: p.contiguous() for name, p in predictions.items()}, str(out / "predictions.safetensors"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
@@ -141,13 +146,15 @@ def run_stage(
     spec = stage_spec(cfg, model_cfg, loss_cfg, labels_key)
     kind = "transfer" if labels else "gt"
 
+    if labels:
+        train_split, targets, predict_splits = "train_b", labels.predictions["train_b"], ["test"]
+    else:
+        train_split, targets, predict_splits = "train_a", None, ["train_b", "test"]
+
     def build(out: Path) -> None:
         log.info("%s: training %s on %s", role, model_cfg.name, "weak labels" if labels else "ground truth")
         loss = hydra.utils.instantiate(loss_cfg.fn) if loss_cfg is not None else XentLoss()
-        if labels:
-            _train_and_predict(cfg, role, model_cfg, loss, splits, "train_b", labels.predictions["train_b"], ["test"], out)
-        else:
-            _train_and_predict(cfg, role, model_cfg, loss, splits, "train_a", None, ["train_b", "test"], out)
+        _train_and_predict(cfg, role, model_cfg, loss, splits, train_split, targets, predict_splits, out)
 
     folder, reused = cache.get_or_build(kind, spec, build)
     if reused:
@@ -164,7 +171,7 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_float32_matmul_precision("high")
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     check_config(cfg)
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
     cache = StageCache(cfg.paths.stage_dir)
