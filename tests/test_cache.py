@@ -1,9 +1,11 @@
+import json
 import multiprocessing
 import time
 from pathlib import Path
 
 import pytest
 
+from w2s_lightning import tasks
 from w2s_lightning.cache import StageCache, build_once, content_key
 from w2s_lightning.pipeline import stage_spec
 
@@ -60,15 +62,31 @@ def test_content_key_is_order_independent_and_sensitive():
 
 def test_stage_spec_changes_with_what_changes_results_only(make_cfg):
     base = make_cfg()
-    key = lambda cfg, loss=None, labels="ground_truth": content_key(stage_spec(cfg, cfg.strong, loss, labels))  # noqa: E731
+
+    def key(cfg, loss=None, labels="ground_truth", data="rows-v1"):
+        return content_key(stage_spec(cfg, data, cfg.strong, loss, labels))
+
     assert key(base) == key(make_cfg("logger.mode=offline", "trainer.log_every_n_steps=1"))
     for change in ("seed=1", "task.n_train=1000", "strong.lr=1e-5", "train.epochs=3", "trainer.precision=32-true"):
         assert key(make_cfg(change)) != key(base), change
     assert key(base, base.loss) != key(make_cfg("loss=aux_conf"), make_cfg("loss=aux_conf").loss)
     assert key(base, labels="gt-aaa") != key(base, labels="gt-bbb")
+    assert key(base, data="rows-v2") != key(base)
     # weak and ceiling are one kind of stage: the same model trained on ground truth is one key
     as_weak = make_cfg("model@weak=mpnet_base")
-    assert content_key(stage_spec(as_weak, as_weak.weak, None, "ground_truth")) == key(base)
+    assert content_key(stage_spec(as_weak, "rows-v1", as_weak.weak, None, "ground_truth")) == key(base)
+
+
+def test_data_fingerprint_follows_the_rows(tmp_path, make_cfg):
+    path = tmp_path / "rows.jsonl"
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = make_cfg("task=custom", f"task.path={path}", "task.n_train=20", "task.n_val=0").task
+    before = tasks.fingerprint(tasks.load_splits(task, None, seed=0))
+    assert tasks.fingerprint(tasks.load_splits(task, None, seed=0)) == before
+    rows[5]["text"] = "an edited row"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert tasks.fingerprint(tasks.load_splits(task, None, seed=0)) != before
 
 
 def test_stage_cache_writes_the_spec(tmp_path):

@@ -110,3 +110,12 @@ def test_a_crashed_transfer_keeps_the_finished_stages(make_cfg, tiny_overrides):
     retry = pipeline.run(make_cfg(*tiny_overrides, "loss=xent"))
     assert retry["stages"]["weak"]["reused"] and retry["stages"]["ceiling"]["reused"]
     assert not retry["stages"]["transfer"]["reused"]
+
+
+def test_same_config_in_a_fresh_cache_gives_the_same_numbers(make_cfg, tiny_overrides, tmp_path):
+    first = pipeline.run(make_cfg(*tiny_overrides))
+    again = pipeline.run(make_cfg(*tiny_overrides, f"paths.cache_dir={tmp_path / 'other-cache'}"))
+    assert not any(s["reused"] for s in again["stages"].values())
+    for role in ("weak", "ceiling", "transfer"):
+        assert again["stages"][role]["acc"] == first["stages"][role]["acc"]
+        assert again["stages"][role]["auroc"] == pytest.approx(first["stages"][role]["auroc"], abs=1e-6)

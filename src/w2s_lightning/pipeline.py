@@ -53,11 +53,14 @@ def _plain(node: DictConfig) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def stage_spec(cfg: DictConfig, model_cfg: DictConfig, loss_cfg: DictConfig | None, labels_key: str) -> dict:
+def stage_spec(
+    cfg: DictConfig, data_fingerprint: str, model_cfg: DictConfig, loss_cfg: DictConfig | None, labels_key: str,
+) -> dict:
     """Everything that changes a stage's result, and nothing that does not (logging, paths)."""
     return {
         "format": STAGE_FORMAT,
         "task": _plain(cfg.task),
+        "data": data_fingerprint,
         "seed": cfg.seed,
         "model": _plain(model_cfg),
         "train": _plain(cfg.train),
@@ -96,7 +99,6 @@ def _train_and_predict(
 ) -> None:
     """Fit one classifier and write its predictions and test metrics into ``out``."""
     started = time.time()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     zoo_dir = cfg.paths.zoo_dir
     datamodule = TaskDataModule(
         splits, load_tokenizer(model_cfg, zoo_dir), train_split, predict_splits,
@@ -109,6 +111,9 @@ def _train_and_predict(
         weight_decay=cfg.train.weight_decay, lr_scheduler=cfg.train.lr_scheduler,
         warmup_frac=cfg.train.warmup_frac, dropout=cfg.train.dropout, stage=role,
     )
+    # Seed after loading: building a zoo model on first use draws random numbers, and the
+    # shuffling order must not depend on whether the zoo was already built.
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     logger = tracking.stage_logger(cfg, role, model_cfg.name)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, max_epochs=cfg.train.epochs, accumulate_grad_batches=_accumulation(cfg, model_cfg),
@@ -136,14 +141,14 @@ def _train_and_predict(
 
 
 def run_stage(
-    cfg: DictConfig, cache: StageCache, splits: datasets.DatasetDict, role: str, model_cfg: DictConfig,
-    loss_cfg: DictConfig | None = None, labels: Stage | None = None,
+    cfg: DictConfig, cache: StageCache, splits: datasets.DatasetDict, data_key: str, role: str,
+    model_cfg: DictConfig, loss_cfg: DictConfig | None = None, labels: Stage | None = None,
 ) -> Stage:
     """Train (or reuse) one stage. Without ``labels`` it trains on ground truth of half A and
     predicts half B (the weak labels) and test; with ``labels`` it trains on the weak labels
     of half B and predicts test."""
     labels_key = labels.key if labels else GROUND_TRUTH
-    spec = stage_spec(cfg, model_cfg, loss_cfg, labels_key)
+    spec = stage_spec(cfg, data_key, model_cfg, loss_cfg, labels_key)
     kind = "transfer" if labels else "gt"
 
     if labels:
@@ -175,10 +180,11 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
     cache = StageCache(cfg.paths.stage_dir)
+    data_key = tasks.fingerprint(splits)
 
-    weak = run_stage(cfg, cache, splits, "weak", cfg.weak)
-    ceiling = run_stage(cfg, cache, splits, "ceiling", cfg.strong)
-    transfer = run_stage(cfg, cache, splits, "transfer", cfg.strong, cfg.loss, labels=weak)
+    weak = run_stage(cfg, cache, splits, data_key, "weak", cfg.weak)
+    ceiling = run_stage(cfg, cache, splits, data_key, "ceiling", cfg.strong)
+    transfer = run_stage(cfg, cache, splits, data_key, "transfer", cfg.strong, cfg.loss, labels=weak)
 
     stages = {
         s.role: {"model": s.model, "key": s.key, "path": s.path, "reused": s.reused, **s.metrics}

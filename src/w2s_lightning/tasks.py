@@ -12,6 +12,8 @@ B (labelled by the weak model for the transfer). The test split is picked with t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 from pathlib import Path
@@ -249,6 +251,16 @@ def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.D
     )
     check_balance(splits, task.name)
     return splits
+
+
+def fingerprint(splits: datasets.DatasetDict) -> str:
+    """A hash of every split's texts and labels: stage keys follow the data itself, so edited
+    files, another hub revision or a changed formatter never reuse stale stages."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        digest.update(name.encode())
+        digest.update(json.dumps([list(splits[name]["text"]), list(splits[name]["label"])]).encode())
+    return digest.hexdigest()[:20]
 
 
 def class_balance(splits: datasets.DatasetDict) -> dict[str, dict[str, float]]:
