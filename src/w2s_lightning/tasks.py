@@ -95,16 +95,16 @@ def format_anthropic_hh(row: dict, rng: random.Random, task: DictConfig) -> dict
     return {"text": text, "label": label}
 
 
-TRUE_VALUES = {"1", "yes", "y", "true", "t", "positive", "pos"}
-FALSE_VALUES = {"0", "no", "n", "false", "f", "negative", "neg"}
+TRUE_VALUES = {"1", "1.0", "yes", "y", "true", "t", "positive", "pos"}
+FALSE_VALUES = {"0", "0.0", "no", "n", "false", "f", "negative", "neg"}
 
 
 def to_binary_label(value: Any, column: str) -> int:
     """Map yes/no, true/false, 0/1 (as bools, numbers or strings) to 0/1."""
     text = str(value).strip().lower()
-    if text in TRUE_VALUES or text == "1.0":
+    if text in TRUE_VALUES:
         return 1
-    if text in FALSE_VALUES or text == "0.0":
+    if text in FALSE_VALUES:
         return 0
     raise DataError(
         f"label column '{column}' holds {value!r}, which is not a binary label. "
