@@ -12,8 +12,6 @@ B (labelled by the weak model for the transfer). The test split is picked with t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Callable
 import datasets
 from omegaconf import DictConfig
 
+from w2s_lightning.cache import content_key
 from w2s_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -256,11 +255,7 @@ def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.D
 def fingerprint(splits: datasets.DatasetDict) -> str:
     """A hash of every split's texts and labels: stage keys follow the data itself, so edited
     files, another hub revision or a changed formatter never reuse stale stages."""
-    digest = hashlib.sha256()
-    for name in sorted(splits):
-        digest.update(name.encode())
-        digest.update(json.dumps([list(splits[name]["text"]), list(splits[name]["label"])]).encode())
-    return digest.hexdigest()[:20]
+    return content_key({name: [list(rows["text"]), list(rows["label"])] for name, rows in splits.items()})
 
 
 def class_balance(splits: datasets.DatasetDict) -> dict[str, dict[str, float]]:
