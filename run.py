@@ -1,27 +1,38 @@
-"""Run one weak-to-strong experiment (or a Hydra multirun of them).
+"""Run one weak-to-strong experiment, a Hydra multirun of them, or the report.
 
     python run.py                                   # experiment=quickstart, offline
     python run.py task=sciq model@strong=smollm2_135m loss=aux_conf
     python run.py -m task=sciq,boolq loss=xent,aux_conf
+    python run.py -m experiment=offline_ladder      # every weak < strong pair of a ladder
+    python run.py stage=report                      # PGR tables and figures of the newest multirun
 """
 
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import w2s_lightning.config  # noqa: F401  (registers the resolvers conf/ uses)
-from w2s_lightning import pipeline
-from w2s_lightning.errors import W2SError
+from w2s_lightning import pipeline, report
+from w2s_lightning.errors import ConfigError, W2SError
+
+STAGES = {"experiment": pipeline.run, "report": report.run}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        pipeline.run(cfg)
+        if cfg.stage not in STAGES:
+            raise ConfigError(f"stage={cfg.stage} is unknown; use one of: {', '.join(STAGES)}.")
+        STAGES[cfg.stage](cfg)
     except W2SError as err:
         # A clear one-line error instead of a traceback: it names the problem and the fix.
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # Hydra marks this job failed, runs the rest of the sweep, then reports the failure.
+            raise
         sys.exit(2)
 
 

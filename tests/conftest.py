@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,15 @@ def tiny_overrides(tiny_bert: Path, tiny_llama: Path) -> list[str]:
         "strong.minibatch_size=16", "strong.max_length=64",
         "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true", "trainer.log_every_n_steps=1",
     ]
+
+
+def read_wandb_run(run_dir: Path) -> dict:
+    """An offline W&B run read back from its .wandb transaction log: the run record (group,
+    job_type, tags, name) plus the final state, summary and config."""
+    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    inspect = [wandb_cli, "leet", "inspect", "--json"]
+    summary = json.loads(subprocess.run([*inspect, "--summary", str(run_dir)], capture_output=True, text=True,
+                                        check=True).stdout)
+    records = subprocess.run([*inspect, str(run_dir)], capture_output=True, text=True, check=True).stdout
+    run_record = next(json.loads(line)["run"] for line in records.splitlines() if '"type":"run"' in line)
+    return {**summary, "group": run_record.get("run_group"), "job_type": run_record.get("job_type")}

@@ -3,7 +3,7 @@ import torch
 from omegaconf import OmegaConf
 
 from w2s_lightning.errors import ConfigError, ModelError
-from w2s_lightning.models import Classifier, load_classifier, load_tokenizer, pool_last, pool_mean
+from w2s_lightning.models import load_classifier, load_tokenizer, pool_last, pool_mean
 
 
 def test_pool_last_follows_the_mask_not_token_ids():

@@ -1,11 +1,10 @@
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import read_wandb_run
 from w2s_lightning import pipeline
 from w2s_lightning.errors import ConfigError, TrainingError
 from w2s_lightning.metrics import pgr
@@ -49,28 +48,20 @@ def test_whole_pipeline_then_a_second_loss_reuses_weak_labels_and_ceiling(make_c
     assert rerun["stages"]["transfer"]["acc"] == again["stages"]["transfer"]["acc"]
 
 
-def inspect_run(run_dir: Path) -> dict:
-    """Read an offline W&B run back from its .wandb transaction log."""
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
-        capture_output=True, text=True, check=True,
-    )
-    return json.loads(out.stdout)
-
-
 def test_wandb_offline_runs_hold_the_logged_metrics(make_cfg, tiny_overrides):
     cfg = make_cfg(*tiny_overrides, "logger.mode=offline", "seed=7")
     results = pipeline.run(cfg)
     runs = {}
     for run_dir in (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"):
-        record = inspect_run(run_dir)
-        runs[record["config"].get("stage", "summary")] = record
+        record = read_wandb_run(run_dir)
+        runs[record["job_type"]] = record
     assert set(runs) == {"weak", "ceiling", "transfer", "summary"}
     for role in ("weak", "ceiling", "transfer"):
         summary = runs[role]["summary"]
         assert summary["test/acc"] == pytest.approx(results["stages"][role]["acc"])
         assert "train/loss" in summary and "val/acc" in summary
         assert runs[role]["state"] == "finished"
+        assert runs[role]["group"] == "interactive"  # outside a Hydra app: no sweep to group by
         assert "pair:tiny-bert->tiny-llama" in runs[role]["tags"]
     summary = runs["summary"]["summary"]
     assert summary["pgr_defined"] == results["pgr_defined"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 
@@ -30,5 +32,19 @@ def cpu_precision() -> str:
     return "bf16-mixed" if ("amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo) else "32-true"
 
 
+def sweep_name() -> str:
+    """The W&B group of this job: ``sweep-<multirun folder>`` for every job of a multirun,
+    ``run-<run folder>`` for a single run, ``interactive`` outside a Hydra app."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return "interactive"
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"sweep-{output_dir.parent.name}"  # jobs are <sweep dir>/<job number>
+    return f"run-{output_dir.name}"
+
+
 OmegaConf.register_new_resolver("w2s_data_dir", default_data_dir, replace=True)
 OmegaConf.register_new_resolver("w2s_cpu_precision", cpu_precision, replace=True)
+OmegaConf.register_new_resolver("w2s_sweep_name", sweep_name, replace=True)

@@ -84,6 +84,9 @@ def check_config(cfg: DictConfig) -> None:
     for model_cfg in (cfg.weak, cfg.strong):
         _accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("trainer=gpu, but this machine has no CUDA GPU that torch can see; "
+                          "use trainer=cpu here, or install the CUDA build of torch (README).")
     if str(cfg.trainer.get("devices", 1)) != "1" or int(cfg.trainer.get("num_nodes", 1)) != 1:
         # Under DDP, Trainer.predict returns each rank's share only: the weak labels and test
         # predictions would be incomplete.
@@ -91,6 +94,17 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.devices={cfg.trainer.devices}: stages predict on one device; "
             "set trainer.devices=1 (one GPU or CPU process per job, several jobs in a sweep)."
         )
+
+
+def skip_reason(cfg: DictConfig) -> str | None:
+    """Why a ladder sweep skips this (weak, strong) pair, or None when it runs."""
+    weak, strong = float(cfg.weak.params), float(cfg.strong.params)
+    sizes = f"{cfg.weak.name} has {weak:.3g} parameters, {cfg.strong.name} {strong:.3g}"
+    if weak > strong and not cfg.ladder.weak_larger:
+        return f"the weak model is larger than the strong one ({sizes}); set ladder.weak_larger=true to run it"
+    if weak == strong and not cfg.ladder.same_size:
+        return f"weak and strong are the same size ({sizes}); set ladder.same_size=true to run it"
+    return None
 
 
 def _train_and_predict(
@@ -178,6 +192,15 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     check_config(cfg)
+    reason = skip_reason(cfg)
+    if reason:
+        # A ladder sweep is the product weak x strong: the pairs it does not study are
+        # recorded (the report counts them) and left untrained.
+        log.warning("skipping %s -> %s: %s", cfg.weak.name, cfg.strong.name, reason)
+        skipped = {"task": cfg.task.name, "weak_model": cfg.weak.name, "strong_model": cfg.strong.name,
+                   "loss": cfg.loss.name, "seed": cfg.seed, "skipped": reason}
+        (output_dir / "skipped.json").write_text(json.dumps(skipped, indent=2))
+        return skipped
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
     cache = StageCache(cfg.paths.stage_dir)
     data_key = tasks.fingerprint(splits)
@@ -206,8 +229,8 @@ def run(cfg: DictConfig) -> dict:
     }
     results["pgr_defined"] = not math.isnan(results["pgr"])
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    tracking.log_summary(cfg, {
-        **{f"{role}/{k}": stages[role][k] for role in stages for k in ("acc", "auroc")},
+    tracking.log_summary(cfg, {  # also what `report.wandb_group=...` reads back
+        **{f"{role}/{k}": stages[role][k] for role in stages for k in ("acc", "auroc", "key", "reused")},
         "pgr": results["pgr"], "pgr_auroc": results["pgr_auroc"], "pgr_defined": results["pgr_defined"],
     })
     print(summary(results, output_dir / "results.json"))

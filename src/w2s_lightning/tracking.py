@@ -52,7 +52,7 @@ def stage_logger(cfg: DictConfig, role: str, model_name: str) -> WandbLogger | b
     """A Lightning logger for one stage's training, or False when W&B is disabled."""
     if not enabled(cfg):
         return False
-    kwargs = _run_kwargs(cfg, role, f"{role}-{model_name}")
+    kwargs = _run_kwargs(cfg, role, f"{cfg.logger.experiment}/{role}-{model_name}")
     return WandbLogger(save_dir=kwargs.pop("dir"), **kwargs)
 
 
@@ -60,7 +60,7 @@ def log_summary(cfg: DictConfig, summary: dict[str, float]) -> None:
     """The experiment's headline numbers (stage accuracies, PGR) in one run of the group."""
     if not enabled(cfg):
         return
-    run = wandb.init(**_run_kwargs(cfg, "summary", f"summary-{cfg.logger.group}"))
+    run = wandb.init(**_run_kwargs(cfg, "summary", f"{cfg.logger.experiment}/summary"))
     run.log(summary)
     run.summary.update(summary)
     run.finish()

@@ -1,0 +1,327 @@
+"""PGR tables and paper-style figures from a sweep's finished runs.
+
+    python run.py stage=report                                  # the newest multirun folder
+    python run.py stage=report report.dir=outputs/multiruns/<time>
+    python -m w2s_lightning.report outputs/multiruns/<time>     # the same, without Hydra
+    python run.py stage=report report.wandb_group=sweep-<time>  # from W&B instead of files
+
+Summaries follow the paper and the reference notebook: per task and loss, the median PGR
+over (weak, strong) pairs, leaving out same-size pairs and pairs whose ceiling does not beat
+the weak model (both counted in the table). With several seeds the median is taken per seed
+and the table gives its mean and a Student-t 95% interval over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # picks a file-only backend by itself where there is no display
+import pandas as pd
+import wandb
+from omegaconf import DictConfig
+from scipy import stats
+
+from w2s_lightning import tracking
+from w2s_lightning.errors import ConfigError, W2SError
+from w2s_lightning.metrics import pgr
+
+log = logging.getLogger(__name__)
+ROLES = ("weak", "transfer", "ceiling")
+PAIR = ["task", "loss", "weak", "strong"]
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def read_folder(folder: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """The ``results.json`` and ``skipped.json`` contents under a (multi)run folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"report.dir={folder} is not a folder; pass a multirun folder such as outputs/multiruns/<time>.")
+    results = [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
+    skipped = [json.loads(p.read_text()) for p in sorted(folder.rglob("skipped.json"))]
+    if not results:
+        raise ConfigError(f"no results.json under {folder}: run a sweep first (python run.py -m ...), "
+                          "or point report.dir at the folder it wrote.")
+    return results, skipped
+
+
+def read_wandb(project: str, entity: str | None, group: str) -> list[dict]:
+    """The summary runs of one W&B group, in the shape of ``results.json``."""
+    path = f"{entity}/{project}" if entity else project
+    runs = wandb.Api().runs(path, filters={"group": group, "jobType": "summary"})
+    results = []
+    for run in runs:
+        summary, config = dict(run.summary), dict(run.config)
+        results.append({
+            "task": config["task"]["name"], "loss": config["loss"]["name"], "seed": config["seed"],
+            "weak_model": config["weak"]["name"], "strong_model": config["strong"]["name"],
+            "stages": {role: {k: summary.get(f"{role}/{k}") for k in ("acc", "auroc", "key", "reused")}
+                       for role in ROLES},
+            "config": config,
+        })
+    if not results:
+        raise ConfigError(f"W&B has no summary runs in group {group!r} of project {path!r}; check the name "
+                          "on the dashboard (groups are sweep-<multirun folder>).")
+    return results
+
+
+def record(results: dict) -> dict:
+    """One row per finished experiment: the pair, the seed, the three accuracies and PGR."""
+    stages, config = results["stages"], results["config"]
+    row = {
+        "task": results["task"], "loss": results["loss"], "seed": results["seed"],
+        "weak": results["weak_model"], "strong": results["strong_model"],
+        "weak_params": float(config["weak"]["params"]), "strong_params": float(config["strong"]["params"]),
+        **{f"{role}_acc": stages[role]["acc"] for role in ROLES},
+        **{f"{role}_auroc": stages[role]["auroc"] for role in ROLES},
+    }
+    row["pgr"] = pgr(row["weak_acc"], row["transfer_acc"], row["ceiling_acc"])
+    row["pgr_auroc"] = pgr(row["weak_auroc"], row["transfer_auroc"], row["ceiling_auroc"])
+    return row
+
+
+# ---------------------------------------------------------------- tables
+
+
+def interval(values: pd.Series) -> tuple[float, float, float]:
+    """Mean and Student-t 95% interval; the interval is NaN with fewer than two values."""
+    values = values.dropna()
+    mean = values.mean() if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def pair_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, loss, weak, strong): accuracies and PGR, means over seeds, PGR's interval."""
+    rows = []
+    for pair, group in records.groupby(PAIR, sort=False):
+        mean, low, high = interval(group["pgr"])
+        same_size = group["weak_params"].iloc[0] == group["strong_params"].iloc[0]
+        undefined = int(group["pgr"].isna().sum())
+        status = "same size" if same_size else (f"ceiling <= weak ({undefined}/{len(group)} seeds)" if undefined else "ok")
+        rows.append({
+            **dict(zip(PAIR, pair)), "seeds": len(group),
+            **{f"{role}_acc": group[f"{role}_acc"].mean() for role in ROLES},
+            "pgr": mean, "pgr_low": low, "pgr_high": high, "pgr_auroc": group["pgr_auroc"].mean(),
+            "status": status,
+            "weak_params": group["weak_params"].iloc[0], "strong_params": group["strong_params"].iloc[0],
+        })
+    table = pd.DataFrame(rows).sort_values(["task", "loss", "weak_params", "strong_params"])
+    return table.drop(columns=["weak_params", "strong_params"]).reset_index(drop=True)
+
+
+def summary_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, loss): median PGR over the valid pairs of each seed, then mean and interval
+    over seeds, with the pairs used and those left out counted."""
+    rows = []
+    for (task, loss), group in records.groupby(["task", "loss"], sort=True):
+        same_size = group["weak_params"] == group["strong_params"]
+        undefined = ~same_size & group["pgr"].isna()
+        valid = group[~same_size & ~undefined]
+        medians = valid.groupby("seed")["pgr"].median()
+        mean, low, high = interval(medians)
+        rows.append({
+            "task": task, "loss": loss, "median_pgr": mean, "pgr_low": low, "pgr_high": high,
+            "seeds": group["seed"].nunique(),
+            "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
+            "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
+            "ceiling_le_weak_left_out": int(undefined.sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def tables(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-pair and the summary table of a list of ``results.json`` contents."""
+    records = pd.DataFrame([record(r) for r in results])
+    return pair_table(records), summary_table(records)
+
+
+def accounting(results: list[dict], skipped: list[dict]) -> dict:
+    """How many stages the sweep trained and reused: the check that each ground-truth model
+    (task, model, seed) was trained once however many pairs and losses used it."""
+    used = {"gt": set(), "transfer": set()}
+    trained = {"gt": set(), "transfer": set()}
+    for result in results:
+        for role, stage in result["stages"].items():
+            kind = "transfer" if role == "transfer" else "gt"
+            used[kind].add(stage["key"])
+            if stage.get("reused") is False:
+                trained[kind].add(stage["key"])
+    models = {(r["task"], r[f"{role}_model"], r["seed"]) for r in results for role in ("weak", "strong")}
+    return {
+        "experiments": len(results),
+        "skipped_jobs": len(skipped),
+        "ground_truth_models": len(models),
+        "ground_truth_stages_used": len(used["gt"]),
+        "ground_truth_stages_trained_here": len(trained["gt"]),
+        "transfer_stages_used": len(used["transfer"]),
+        "transfer_stages_trained_here": len(trained["transfer"]),
+    }
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_accuracy(pairs: pd.DataFrame, task: str) -> plt.Figure:
+    """The paper's NLP figure: transfer test accuracy against the strong model's ceiling
+    accuracy, one line per weak model (style per loss); the black line is the ceiling itself."""
+    rows = pairs[pairs["task"] == task]
+    ceilings = rows.groupby("strong")["ceiling_acc"].mean().sort_values()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot(ceilings.values, ceilings.values, "k-o", label="ground truth (ceiling)")
+    colors = plt.get_cmap("viridis")
+    weak_models = list(dict.fromkeys(rows.sort_values("weak_acc")["weak"]))
+    styles = dict(zip(sorted(rows["loss"].unique()), ["-", "--", ":", "-."] * 4))
+    for i, weak in enumerate(weak_models):
+        for loss, style in styles.items():
+            line = rows[(rows["weak"] == weak) & (rows["loss"] == loss)]
+            line = line.assign(x=line["strong"].map(ceilings)).sort_values("x")
+            if len(line):
+                ax.plot(line["x"], line["transfer_acc"], style, marker="o",
+                        color=colors(i / max(1, len(weak_models) - 1) * 0.85), label=f"weak {weak}, {loss}")
+    ax.set_xticks(ceilings.values, [f"{m}\n{a:.3f}" for m, a in ceilings.items()], rotation=30, fontsize=8)
+    ax.set_xlabel("strong model (ground-truth ceiling accuracy)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{task}: weak-to-strong transfer")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
+    """Median PGR per task, one bar per loss, with the 95% interval over seeds."""
+    tasks, losses = sorted(summary["task"].unique()), sorted(summary["loss"].unique())
+    width = 0.8 / len(losses)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(tasks), 4))
+    for i, loss in enumerate(losses):
+        rows = summary[summary["loss"] == loss].set_index("task").reindex(tasks)
+        errors = [(rows["median_pgr"] - rows["pgr_low"]).fillna(0), (rows["pgr_high"] - rows["median_pgr"]).fillna(0)]
+        ax.bar([t + i * width for t in range(len(tasks))], rows["median_pgr"], width, yerr=errors,
+               capsize=3, label=loss)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([t + width * (len(losses) - 1) / 2 for t in range(len(tasks))], tasks)
+    ax.set_ylabel("median PGR over pairs")
+    ax.set_title("Performance gap recovered")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".3f")
+
+
+def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) -> dict:
+    """Write the tables (CSV, Markdown), figures (PNG) and accounting into ``out_dir``."""
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    pairs, summary = tables(results)
+    counts = accounting(results, skipped)
+    pairs.to_csv(out / "pairs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "accounting.json").write_text(json.dumps(counts, indent=2))
+    drawn = {f"{task}_accuracy": plot_accuracy(pairs, task) for task in sorted(pairs["task"].unique())}
+    drawn["pgr"] = plot_pgr(summary)
+    figures = []
+    for name, fig in drawn.items():
+        figures.append(out / "figures" / f"{name}.png")
+        fig.savefig(figures[-1], dpi=150)
+        plt.close(fig)
+    markdown = "\n\n".join([
+        "# Weak-to-strong report",
+        "## Median PGR per task and loss\n\n" + _markdown(summary),
+        "## Per pair (means over seeds)\n\n" + _markdown(pairs),
+        "## Stages\n\n" + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()),
+        "## Figures\n\n" + "\n".join(f"![{f.stem}](figures/{f.name})" for f in figures),
+    ])
+    (out / "report.md").write_text(markdown + "\n")
+    (out / "summary.md").write_text(_markdown(summary) + "\n")
+    (out / "pairs.md").write_text(_markdown(pairs) + "\n")
+    log.info("report written to %s", out)
+    return {"pairs": pairs, "summary": summary, "accounting": counts, "figures": figures, "out_dir": out}
+
+
+def log_to_wandb(report: dict, results: list[dict], mode: str) -> None:
+    """The report's tables and figures as one ``job_type=report`` run in the sweep's group."""
+    mode = tracking.resolve_mode(mode)
+    if mode == "disabled":
+        return
+    logger_cfg = results[0]["config"]["logger"]
+    run = wandb.init(
+        project=logger_cfg["project"], entity=logger_cfg["entity"], group=logger_cfg["group"],
+        job_type="report", name=f"{logger_cfg['group']}/report", mode=mode, dir=str(report["out_dir"]),
+        reinit="finish_previous",
+    )
+    run.log({
+        "report/summary": wandb.Table(dataframe=report["summary"]),
+        "report/pairs": wandb.Table(dataframe=report["pairs"]),
+        **{f"report/{f.stem}": wandb.Image(str(f)) for f in report["figures"]},
+    })
+    run.summary.update(report["accounting"])
+    run.finish()
+
+
+def newest_multirun(log_dir: str | os.PathLike) -> Path:
+    folders = sorted(p for p in Path(log_dir, "multiruns").glob("*") if p.is_dir())
+    if not folders:
+        raise ConfigError(f"no multirun folders under {Path(log_dir, 'multiruns')}; run a sweep first "
+                          "(python run.py -m ...) or set report.dir=<folder>.")
+    return folders[-1]
+
+
+def run(cfg: DictConfig) -> dict:
+    """``python run.py stage=report``: read files (or W&B), write the report, log it to W&B."""
+    if cfg.report.wandb_group:
+        results = read_wandb(cfg.logger.project, cfg.logger.entity, cfg.report.wandb_group)
+        return _report(results, [], cfg.report.out_dir or Path(cfg.paths.output_dir) / "report", cfg.logger.mode)
+    folder = Path(cfg.report.dir) if cfg.report.dir else newest_multirun(cfg.paths.log_dir)
+    return _report(*read_folder(folder), cfg.report.out_dir or folder / "report", cfg.logger.mode)
+
+
+def _report(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike, wandb_mode: str) -> dict:
+    report = build(results, skipped, out_dir)
+    log_to_wandb(report, results, wandb_mode)
+    print(_console(report))
+    return report
+
+
+def _console(report: dict) -> str:
+    counts = report["accounting"]
+    return (
+        f"\n{_markdown(report['summary'])}\n\n"
+        f"{counts['experiments']} experiments ({counts['skipped_jobs']} jobs skipped: pairs outside the ladder); "
+        f"ground-truth stages: {counts['ground_truth_stages_used']} used, "
+        f"{counts['ground_truth_stages_trained_here']} trained in this sweep; "
+        f"transfer stages: {counts['transfer_stages_used']} used, "
+        f"{counts['transfer_stages_trained_here']} trained in this sweep\n"
+        f"report: {report['out_dir'] / 'report.md'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="PGR tables and figures from a multirun folder.")
+    parser.add_argument("dir", help="a multirun folder holding results.json files")
+    parser.add_argument("--out", help="where to write the report (default: DIR/report)")
+    parser.add_argument("--wandb-mode", default=os.environ.get("WANDB_MODE", "auto"),
+                        choices=["auto", "online", "offline", "disabled"],
+                        help="log the tables and figures to the sweep's W&B group (default: auto)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        _report(*read_folder(args.dir), args.out or Path(args.dir) / "report", args.wandb_mode)
+    except W2SError as err:
+        raise SystemExit(f"error: {err}") from None
+
+if __name__ == "__main__":
+    main()

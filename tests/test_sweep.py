@@ -1,0 +1,225 @@
+"""Hydra multiruns for real, on tiny models: a ladder sweep, its report, W&B groups, launchers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF_DIR, read_wandb_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SIZES = [
+    "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
+    "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true",
+]
+MODEL_YAML = """name: {name}
+path: {path}
+params: {params}
+pooling: {pooling}
+lr: 5e-5
+minibatch_size: 16
+eval_batch_size: 32
+max_length: 64
+dtype: null
+trust_remote_code: false
+gradient_checkpointing: false
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_ladder_conf(tmp_path_factory, tiny_bert, tiny_llama) -> Path:
+    """An extra config folder with three tiny models as a ladder: tiny_a < tiny_b < tiny_c."""
+    conf = tmp_path_factory.mktemp("tiny-conf")
+    (conf / "model").mkdir()
+    for name, path, params, pooling in [("tiny_a", tiny_bert, 1e6, "mean"), ("tiny_b", tiny_llama, 2e6, "last"),
+                                        ("tiny_c", tiny_llama, 3e6, "mean")]:
+        (conf / "model" / f"{name}.yaml").write_text(MODEL_YAML.format(name=name, path=path, params=params,
+                                                                      pooling=pooling))
+    return conf
+
+
+def run_py(cache: Path, *args: str, wandb_mode: str = "disabled", timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "W2S_CACHE_DIR": str(cache), "WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
+    result = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    return result
+
+
+def multirun(conf: Path, sweep_dir: Path, cache: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_py(cache, "-m", f"hydra.searchpath=[file://{conf}]", f"hydra.sweep.dir={sweep_dir}",
+                  *TINY_SIZES, *overrides, **kwargs)
+
+
+def job_results(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
+
+
+@pytest.fixture(scope="module")
+def ladder_sweep(tmp_path_factory, tiny_ladder_conf):
+    """One real multirun: 3 models x 3 models x 2 losses, W&B offline."""
+    root = tmp_path_factory.mktemp("ladder")
+    sweep_dir = root / "sweep"
+    done = multirun(tiny_ladder_conf, sweep_dir, root / "cache", "model@weak=tiny_a,tiny_b,tiny_c",
+                    "model@strong=tiny_a,tiny_b,tiny_c", "loss=xent,aux_conf", wandb_mode="offline")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir, done.stdout + done.stderr
+
+
+def test_ladder_sweep_trains_each_ground_truth_model_once(ladder_sweep):
+    sweep_dir, log = ladder_sweep
+    assert "Launching 18 jobs locally" in log
+    results = job_results(sweep_dir)
+    skipped = [json.loads(p.read_text()) for p in sweep_dir.glob("*/skipped.json")]
+    # 3 pairs with weak < strong, each under 2 losses; the 3 same-size and 3 weak-larger pairs skipped.
+    assert sorted({(r["weak_model"], r["strong_model"]) for r in results}) == [
+        ("tiny_a", "tiny_b"), ("tiny_a", "tiny_c"), ("tiny_b", "tiny_c")]
+    assert len(results) == 6 and len(skipped) == 12
+    assert {s["weak_model"] for s in skipped if "larger" in s["skipped"]} == {"tiny_b", "tiny_c"}
+    trained = [(role, s["model"]) for r in results for role, s in r["stages"].items() if not s["reused"]]
+    ground_truth = sorted(model for role, model in trained if role != "transfer")
+    assert ground_truth == ["tiny_a", "tiny_b", "tiny_c"]  # N models: N ground-truth trainings
+    assert sum(role == "transfer" for role, _ in trained) == 6  # one per pair and loss
+    for model in ("tiny_a", "tiny_b", "tiny_c"):
+        assert log.count(f"training {model} on ground truth") == 1
+
+
+def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep, tmp_path):
+    sweep_dir, _ = ladder_sweep
+    done = run_py(tmp_path / "cache", "stage=report", f"report.dir={sweep_dir}", f"hydra.run.dir={tmp_path / 'run'}",
+                  wandb_mode="offline")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = sweep_dir / "report"
+    with open(out / "summary.csv") as f:
+        summary = {row["loss"]: row for row in csv.DictReader(f)}
+    assert set(summary) == {"xent", "aux_conf"}
+    for row in summary.values():
+        assert row["task"] == "sst2" and int(row["seeds"]) == 1
+        assert int(row["pairs_used"]) + int(row["ceiling_le_weak_left_out"]) == 3
+    with open(out / "pairs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    counts = json.loads((out / "accounting.json").read_text())
+    assert counts["ground_truth_stages_trained_here"] == 3 and counts["transfer_stages_trained_here"] == 6
+    assert counts["skipped_jobs"] == 12
+    for figure in ("sst2_accuracy.png", "pgr.png"):
+        assert (out / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "ground-truth stages: 3 used, 3 trained in this sweep" in done.stdout
+
+    # The report is a job_type=report run in the sweep's W&B group, with its tables and figures.
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    logged = read_wandb_run(run_dir)
+    assert logged["job_type"] == "report" and logged["group"] == f"sweep-{sweep_dir.name}"
+    assert logged["summary"]["report/summary"]["_type"] == "table-file"
+    assert logged["summary"]["report/pgr"]["_type"] == "image-file"
+    assert logged["summary"]["transfer_stages_used"] == 6
+
+    # The module entry point writes the same summary without Hydra.
+    cli = subprocess.run([sys.executable, "-m", "w2s_lightning.report", str(sweep_dir), "--out", str(tmp_path / "cli"),
+                          "--wandb-mode", "disabled"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert (tmp_path / "cli" / "summary.csv").read_text() == (out / "summary.csv").read_text()
+
+
+def test_sweep_runs_share_one_wandb_group_with_a_job_type_per_stage(ladder_sweep):
+    sweep_dir, _ = ladder_sweep
+    runs = []
+    for path in sweep_dir.glob("*/results.json"):
+        result = json.loads(path.read_text())
+        job_runs = [read_wandb_run(d) for d in (path.parent / "wandb").glob("offline-run-*")]
+        # A run per stage the job trained (reused stages log nothing new), plus its summary.
+        trained = [role for role, stage in result["stages"].items() if not stage["reused"]]
+        assert sorted(r["job_type"] for r in job_runs) == sorted([*trained, "summary"])
+        assert all(f"pair:{result['weak_model']}->{result['strong_model']}" in r["tags"] for r in job_runs)
+        runs += job_runs
+    assert {r["group"] for r in runs} == {f"sweep-{sweep_dir.name}"}
+    assert {r["job_type"] for r in runs} == {"weak", "ceiling", "transfer", "summary"}
+
+
+def test_paper_figures_notebook_draws_from_a_results_folder(ladder_sweep, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    sweep_dir, _ = ladder_sweep
+    notebook = nbformat.read(ROOT / "notebooks" / "paper_figures.ipynb", as_version=4)
+    monkeypatch.setenv("W2S_RESULTS", str(sweep_dir))  # the kernel inherits it
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the accuracy figure of sst2 and the PGR bars
+
+
+def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_conf, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=local_parallel",
+                    "model@weak=tiny_a", "model@strong=tiny_b", "loss=xent,aux_conf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
+    results = job_results(sweep_dir)
+    assert len(results) == 2
+    for role in ("weak", "ceiling"):
+        # Both jobs asked for the same stage at once: one trained it, the other waited and reused it.
+        assert sorted(r["stages"][role]["reused"] for r in results) == [False, True]
+        assert results[0]["stages"][role]["key"] == results[1]["stages"][role]["key"]
+        assert results[0]["stages"][role]["acc"] == results[1]["stages"][role]["acc"]
+    assert not any(r["stages"]["transfer"]["reused"] for r in results)
+    stage_dirs = [p.name for p in (tmp_path / "cache" / "stages").iterdir() if not p.name.endswith(".lock")]
+    assert sorted(name.split("-")[0] for name in stage_dirs) == ["gt", "gt", "transfer", "transfer"]
+
+
+def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_ladder_conf, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=10", "model@weak=tiny_a", "model@strong=tiny_b", "loss=xent")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = job_results(sweep_dir)
+    assert result["weak_model"] == "tiny_a" and set(result["stages"]) == {"weak", "ceiling", "transfer"}
+    assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))  # submitit's own record of the job
+
+
+def test_a_failed_job_does_not_stop_the_rest_of_the_sweep(tiny_ladder_conf, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "model@weak=tiny_a", "model@strong=tiny_b",
+                    "strong.pooling=max,last")
+    assert done.returncode != 0  # the sweep reports the failure at the end
+    assert "error: pooling='max' is unknown" in done.stderr
+    (result,) = job_results(sweep_dir)  # ... but the job after the failed one ran
+    assert result["config"]["strong"]["pooling"] == "last"
+
+
+def test_paper_nlp_preset_composes_a_gpt2_and_qwen_ladder_on_five_tasks():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=paper_nlp"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        models = params["model@weak"].split(",")
+        assert params["model@strong"] == params["model@weak"]
+        assert [m for m in models if m.startswith("gpt2")] == ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+        assert sum(m.startswith("qwen") for m in models) >= 3
+        assert params["task"].split(",") == ["sciq", "boolq", "cosmos_qa", "amazon_polarity", "anthropic_hh"]
+        assert params["loss"] == "xent,aux_conf"
+        assert cfg.train.batch_size == 32 and cfg.train.epochs == 2
+        assert cfg.task.n_train == 20000 and cfg.task.n_test == 10000 and cfg.trainer.accelerator == "gpu"
+        for model in models:  # every rung is a model config that composes
+            assert compose(config_name="config", overrides=["experiment=paper_nlp", f"model@strong={model}"]).strong.name == model
+        ladder = compose(config_name="config", overrides=["experiment=offline_ladder"], return_hydra_config=True)
+        assert ladder.hydra.sweeper.params["task"] == "sciq,boolq,sst2"
+
+
+def test_paper_nlp_starts_here_and_stops_where_the_hub_is_needed(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1: CI has no hub, so loading gpt2 must fail fast and clearly.
+    done = run_py(tmp_path / "cache", "experiment=paper_nlp", "trainer=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert "weak: training gpt2 on ground truth" in done.stdout + done.stderr  # data loaded, the stage began
+    assert "error: model 'gpt2': cannot load 'gpt2'" in done.stderr and "hub ids need the hub" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_gpu_trainer_without_a_gpu_says_to_use_the_cpu_trainer(tmp_path):
+    done = run_py(tmp_path / "cache", "experiment=paper_nlp", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "use trainer=cpu here" in done.stderr
