@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from w2s_lightning.losses import AuxConfLoss, ProductLoss, XentLoss
+from w2s_lightning.losses import AdaptiveConfLoss, AuxConfLoss, ProductLoss, XentLoss
 
 
 def logits_for(p1: list[float]) -> torch.Tensor:
@@ -64,3 +64,32 @@ def test_product_loss_by_hand():
     target = [(p * w) / (p * w + (1 - p) * (1 - w)) for p, w in zip(P1, weak)]
     loss = ProductLoss(alpha=1.0, beta=1.0)(logits_for(P1), torch.tensor(weak), 0.0)
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
+
+
+def test_aux_conf_soft_mixes_in_the_students_own_probabilities():
+    weak = [1.0, 0.0, 0.0, 1.0]
+    loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2, window=4, hard=False)(logits_for(P1), torch.tensor(weak), 0.1)
+    target = [0.75 * w + 0.25 * p for w, p in zip(weak, P1)]  # alpha 0.25, student P1 unhardened
+    assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
+
+
+def test_adaptive_conf_by_hand():
+    weak = [0.8, 0.7, 0.1, 0.4]   # hard weak labels [1, 1, 0, 0]; student argmax [1, 0, 1, 0]
+    loss = AdaptiveConfLoss(temperature=2.0, warmup_frac=0.5)(logits_for(P1), torch.tensor(weak), 0.25)
+    expected = 0.0
+    for p, w in zip(P1, weak):
+        own = 1 if p > 0.5 else 0
+        ce_self = -math.log(p if own else 1 - p)
+        ce_weak = -math.log(p if w > 0.5 else 1 - p)
+        beta = math.exp(ce_self / 2) / (math.exp(ce_self / 2) + math.exp(ce_weak / 2)) * 0.5  # half-way up the ramp
+        expected += (1 - beta) * bce([p], [w]) + beta * ce_self
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-5)
+
+
+def test_adaptive_conf_weighs_agreement_at_one_half_and_trusts_the_weak_label_against_a_confident_student():
+    loss = AdaptiveConfLoss(temperature=1.0, warmup_frac=0.0)
+    agree = loss(logits_for([0.9]), torch.tensor([1.0]), 1.0)
+    assert agree.item() == pytest.approx(0.5 * bce([0.9], [1.0]) + 0.5 * -math.log(0.9), rel=1e-5)
+    # Student 0.99 against a weak 0: beta = sigmoid(ln(0.99/0.01)... ) is tiny, so the weak label dominates.
+    disagree = loss(logits_for([0.99]), torch.tensor([0.0]), 1.0)
+    assert disagree.item() == pytest.approx(bce([0.99], [0.0]), rel=0.02)

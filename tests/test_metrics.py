@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from w2s_lightning.metrics import evaluate, pgr
+from w2s_lightning.metrics import agreement, evaluate, pgr
 
 
 def test_pgr_regular_and_out_of_range():
@@ -22,3 +22,20 @@ def test_evaluate_accuracy_and_auroc():
     assert scores["acc"] == pytest.approx(0.5)
     assert scores["auroc"] == pytest.approx(0.75)  # 3 of 4 positive/negative pairs ordered right
     assert math.isnan(evaluate(torch.tensor([0.9, 0.2]), torch.tensor([1, 1]))["auroc"])
+
+
+def test_ece_by_hand():
+    # Bins of width 1/15: confidences 0.9 (label 1, right), 0.8 (predicts 0 with confidence 0.8, right),
+    # 0.6 (wrong), 0.6 (right) -> |0.9-1|*1/4 + |0.8-1|*1/4 + |0.6-0.5|*2/4 = 0.025 + 0.05 + 0.05.
+    scores = evaluate(torch.tensor([0.9, 0.2, 0.6, 0.4]), torch.tensor([1, 0, 0, 0]))
+    assert scores["ece"] == pytest.approx(0.125)
+
+
+def test_agreement_overall_and_where_the_supervisor_is_wrong():
+    labels = torch.tensor([1, 1, 0, 0])
+    supervisor = torch.tensor([0.9, 0.2, 0.7, 0.1])  # wrong on examples 1 and 2
+    student = torch.tensor([0.8, 0.3, 0.2, 0.4])     # copies the mistake on 1, fixes 2
+    scores = agreement(student, supervisor, labels)
+    assert scores == {"agreement": pytest.approx(0.75), "agreement_where_supervisor_wrong": pytest.approx(0.5)}
+    perfect = agreement(student, labels.float(), labels)
+    assert math.isnan(perfect["agreement_where_supervisor_wrong"])

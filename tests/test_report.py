@@ -89,7 +89,7 @@ def test_build_writes_tables_figures_and_markdown(tmp_path):
     assert [f.name for f in built["figures"]] == ["sst2_accuracy.png", "pgr.png"]
     for figure in built["figures"]:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
-    assert "| sst2   | xent" in (out / "summary.md").read_text()
+    assert "| sst2   | baseline | xent" in (out / "summary.md").read_text()
     assert json.loads((out / "accounting.json").read_text())["experiments"] == 4
 
 

@@ -48,10 +48,35 @@ class Classifier(nn.Module):
         # Zero init as in the paper: the classifier starts at exactly 50/50.
         nn.init.zeros_(self.head.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled hidden state: the features a linear probe trains on."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = POOLINGS[self.pooling](hidden, attention_mask)
-        return self.head(pooled.to(self.head.weight.dtype)).float()
+        return POOLINGS[self.pooling](hidden, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(input_ids, attention_mask).to(self.head.weight.dtype)).float()
+
+
+class LinearProbe(nn.Module):
+    """A zero-initialised linear head on cached, frozen backbone features."""
+
+    def __init__(self, hidden_size: int, num_labels: int = 2):
+        super().__init__()
+        self.head = nn.Linear(hidden_size, num_labels)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.to(self.head.weight.dtype)).float()
+
+
+def add_lora(backbone: nn.Module, finetune: DictConfig) -> nn.Module:
+    """Low-rank adapters on the backbone (peft); only they and the head train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=finetune.r, lora_alpha=finetune.alpha, lora_dropout=finetune.dropout,
+                        target_modules=finetune.target_modules)
+    return get_peft_model(backbone, config)
 
 
 def _load_error(model_cfg: DictConfig, source: str, err: Exception) -> ModelError:
@@ -62,7 +87,9 @@ def _load_error(model_cfg: DictConfig, source: str, err: Exception) -> ModelErro
     )
 
 
-def load_classifier(model_cfg: DictConfig, zoo_dir: str) -> Classifier:
+def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None) -> Classifier:
+    """The backbone of ``model_cfg`` (zoo, local folder or hub) under a fresh head; with
+    ``finetune.name == 'lora'``, with LoRA adapters on the backbone."""
     source = zoo.resolve(model_cfg.path, zoo_dir)
     kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
     if model_cfg.get("dtype"):
@@ -73,6 +100,8 @@ def load_classifier(model_cfg: DictConfig, zoo_dir: str) -> Classifier:
         raise _load_error(model_cfg, source, err) from err
     if model_cfg.get("gradient_checkpointing"):
         backbone.gradient_checkpointing_enable()
+    if finetune is not None and finetune.name == "lora":
+        backbone = add_lora(backbone, finetune)
     return Classifier(backbone, model_cfg.pooling)
 
 

@@ -12,7 +12,6 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import get_scheduler
 
 from w2s_lightning.errors import TrainingError
-from w2s_lightning.models import Classifier
 
 # The backbone is put in eval mode on purpose (no dropout, see on_train_epoch_start).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -27,7 +26,7 @@ def binary_metrics(prefix: str) -> MetricCollection:
 class W2SModule(pl.LightningModule):
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: torch.nn.Module,
         loss: Loss,
         lr: float,
         weight_decay: float = 0.0,
@@ -41,9 +40,12 @@ class W2SModule(pl.LightningModule):
         self.classifier = classifier
         self.loss = loss
         self.val_metrics = binary_metrics("val/")
+        # Agreement with the stage's own supervisor on val: what train.select=weak_val uses.
+        self.val_supervisor_acc = BinaryAccuracy()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.classifier(batch["input_ids"], batch["attention_mask"])
+        """Logits from the model inputs in ``batch`` (token ids and mask, or probe features)."""
+        return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label")})
 
     def on_train_epoch_start(self) -> None:
         if not self.hparams.dropout:
@@ -66,15 +68,19 @@ class W2SModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.val_metrics.update(self(batch).softmax(dim=-1)[:, 1], batch["label"])
+        p1 = self(batch).softmax(dim=-1)[:, 1]
+        self.val_metrics.update(p1, batch["label"])
+        self.val_supervisor_acc.update(p1, (batch["target"] > 0.5).long())
         self.log_dict(self.val_metrics, prog_bar=True)
+        self.log("val/supervisor_acc", self.val_supervisor_acc)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Soft labels: P(label = 1) per example."""
         return self(batch).softmax(dim=-1)[:, 1]
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]  # LoRA freezes the backbone
+        optimizer = torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = self.trainer.estimated_stepping_batches
         scheduler = get_scheduler(
             self.hparams.lr_scheduler, optimizer,

@@ -1,8 +1,9 @@
-"""One weak-to-strong experiment: weak -> weak labels -> ceiling -> transfer -> PGR.
+"""One weak-to-strong experiment: weak -> weak labels -> ceiling -> transfer -> PGR, and
+optionally a bootstrapping chain weak -> rung 1 -> ... -> strong beside the direct transfer.
 
 Each stage is cached by a hash of everything that changes its result (see
-``stage_spec``), so a sweep over losses trains the weak model, its labels and the ceiling
-once, and a rerun trains nothing.
+``Experiment.spec``), so a sweep over losses trains the weak model, its labels and the
+ceiling once, and a rerun trains nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +21,26 @@ import datasets
 import hydra
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from w2s_lightning import tasks, tracking
+from w2s_lightning import generative, tasks, tracking
 from w2s_lightning.cache import StageCache
-from w2s_lightning.data import TaskDataModule
+from w2s_lightning.data import FeatureDataModule, TaskDataModule
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.losses import XentLoss
-from w2s_lightning.metrics import evaluate, pgr
-from w2s_lightning.models import check_pooling, load_classifier, load_tokenizer
+from w2s_lightning.metrics import agreement, evaluate, pgr
+from w2s_lightning.models import LinearProbe, check_pooling, load_classifier, load_tokenizer
 from w2s_lightning.module import W2SModule
 
 log = logging.getLogger(__name__)
 
 # Bump when the artifacts of a stage change meaning, so old cache entries are not reused.
-STAGE_FORMAT = 1
+STAGE_FORMAT = 2
 GROUND_TRUTH = "ground_truth"
+# What train.select monitors on the validation split (None: keep the last weights).
+SELECTION_MONITORS = {"last": None, "weak_val": "val/supervisor_acc", "oracle_val": "val/acc"}
 
 
 @dataclass
@@ -53,23 +58,6 @@ def _plain(node: DictConfig) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def stage_spec(
-    cfg: DictConfig, data_fingerprint: str, model_cfg: DictConfig, loss_cfg: DictConfig | None, labels_key: str,
-) -> dict:
-    """Everything that changes a stage's result, and nothing that does not (logging, paths)."""
-    return {
-        "format": STAGE_FORMAT,
-        "task": _plain(cfg.task),
-        "data": data_fingerprint,
-        "seed": cfg.seed,
-        "model": _plain(model_cfg),
-        "train": _plain(cfg.train),
-        "precision": str(cfg.trainer.precision),
-        "loss": _plain(loss_cfg) if loss_cfg is not None else "xent",
-        "labels": labels_key,
-    }
-
-
 def _accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
     if cfg.train.batch_size % model_cfg.minibatch_size:
         raise ConfigError(
@@ -81,9 +69,16 @@ def _accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config that would fail or mislead halfway through, before any training."""
-    for model_cfg in (cfg.weak, cfg.strong):
+    for model_cfg in (cfg.weak, cfg.strong, *cfg.chain.rungs.values()):
         _accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
+    if cfg.train.select not in SELECTION_MONITORS:
+        raise ConfigError(f"train.select={cfg.train.select} is unknown; use one of {sorted(SELECTION_MONITORS)}.")
+    if cfg.train.select != "last" and cfg.task.n_val <= 0:
+        raise ConfigError(f"train.select={cfg.train.select} selects on the validation split; set task.n_val > 0.")
+    if cfg.train.early_stopping_patience and cfg.train.select == "last":
+        raise ConfigError("train.early_stopping_patience needs something to monitor: "
+                          "set train.select=weak_val (or oracle_val, for comparison only).")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer=gpu, but this machine has no CUDA GPU that torch can see; "
                           "use trainer=cpu here, or install the CUDA build of torch (README).")
@@ -107,82 +102,227 @@ def skip_reason(cfg: DictConfig) -> str | None:
     return None
 
 
-def _train_and_predict(
-    cfg: DictConfig, role: str, model_cfg: DictConfig, loss, splits: datasets.DatasetDict,
-    train_split: str, targets: torch.Tensor | None, predict_splits: list[str], out: Path,
-) -> None:
-    """Fit one classifier and write its predictions and test metrics into ``out``."""
-    started = time.time()
-    zoo_dir = cfg.paths.zoo_dir
-    datamodule = TaskDataModule(
-        splits, load_tokenizer(model_cfg, zoo_dir), train_split, predict_splits,
-        max_length=model_cfg.max_length, minibatch_size=model_cfg.minibatch_size,
-        eval_batch_size=model_cfg.eval_batch_size,
-        train_targets=None if targets is None else targets.numpy(),
-    )
-    module = W2SModule(
-        load_classifier(model_cfg, zoo_dir), loss, lr=model_cfg.lr,
-        weight_decay=cfg.train.weight_decay, lr_scheduler=cfg.train.lr_scheduler,
-        warmup_frac=cfg.train.warmup_frac, dropout=cfg.train.dropout, stage=role,
-    )
-    # Seed after loading: building a zoo model on first use draws random numbers, and the
-    # shuffling order must not depend on whether the zoo was already built.
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    logger = tracking.stage_logger(cfg, role, model_cfg.name)
-    trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, max_epochs=cfg.train.epochs, accumulate_grad_batches=_accumulation(cfg, model_cfg),
-        logger=logger, default_root_dir=cfg.paths.output_dir,
-    )
-    exit_code = 1  # the W&B run is marked failed unless the stage completes
-    try:
-        trainer.fit(module, datamodule=datamodule)
-        train_seconds = time.time() - started
-        outputs = trainer.predict(module, datamodule=datamodule)
-        if len(predict_splits) == 1:
-            outputs = [outputs]
-        predictions = {name: torch.cat(batches).float() for name, batches in zip(predict_splits, outputs)}
-        metrics = evaluate(predictions["test"], torch.tensor(splits["test"]["label"]))
-        metrics.update(train_seconds=train_seconds, total_seconds=time.time() - started,
-                       n_train=len(splits[train_split]))
-        if logger:
-            logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if k in ("acc", "auroc")})
-        exit_code = 0
-    finally:
-        if logger:
-            logger.experiment.finish(exit_code=exit_code)
-    save_file({name: p.contiguous() for name, p in predictions.items()}, str(out / "predictions.safetensors"))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+def method_name(cfg: DictConfig) -> str:
+    """A short name for the choices beyond the loss that set how PGR is raised."""
+    parts = [f"finetune={cfg.finetune.name}"] if cfg.finetune.name != "full" else []
+    parts += ["generative"] if cfg.generative.enabled else []
+    parts += [f"select={cfg.train.select}"] if cfg.train.select != "last" else []
+    parts += [f"chain={cfg.chain.name}"] if cfg.chain.rungs else []
+    return "+".join(parts) or "baseline"
 
 
-def run_stage(
-    cfg: DictConfig, cache: StageCache, splits: datasets.DatasetDict, data_key: str, role: str,
-    model_cfg: DictConfig, loss_cfg: DictConfig | None = None, labels: Stage | None = None,
-) -> Stage:
-    """Train (or reuse) one stage. Without ``labels`` it trains on ground truth of half A and
-    predicts half B (the weak labels) and test; with ``labels`` it trains on the weak labels
-    of half B and predicts test."""
-    labels_key = labels.key if labels else GROUND_TRUTH
-    spec = stage_spec(cfg, data_key, model_cfg, loss_cfg, labels_key)
-    kind = "transfer" if labels else "gt"
+class Experiment:
+    """The stages of one experiment over one set of splits, each built once via the cache."""
 
-    if labels:
-        train_split, targets, predict_splits = "train_b", labels.predictions["train_b"], ["test"]
-    else:
-        train_split, targets, predict_splits = "train_a", None, ["train_b", "test"]
+    def __init__(self, cfg: DictConfig, splits: datasets.DatasetDict):
+        self.cfg = cfg
+        self.splits = splits
+        self.data_key = tasks.fingerprint(splits)
+        self.cache = StageCache(cfg.paths.stage_dir)
+        self.parts: dict[str, range] = {}  # bootstrapping: name -> rows of train_b
 
-    def build(out: Path) -> None:
-        log.info("%s: training %s on %s", role, model_cfg.name, "weak labels" if labels else "ground truth")
-        loss = hydra.utils.instantiate(loss_cfg.fn) if loss_cfg is not None else XentLoss()
-        _train_and_predict(cfg, role, model_cfg, loss, splits, train_split, targets, predict_splits, out)
+    # ------------------------------------------------------------ keys
 
-    folder, reused = cache.get_or_build(kind, spec, build)
-    if reused:
-        log.info("%s: reusing %s (%s) from the cache, not retraining: %s", role, model_cfg.name, kind, folder)
-    return Stage(
-        role=role, model=model_cfg.name, key=folder.name, path=str(folder.resolve()), reused=reused,
-        metrics=json.loads((folder / "metrics.json").read_text()),
-        predictions=load_file(str(folder / "predictions.safetensors")),
-    )
+    def spec(self, model_cfg: DictConfig, **parts) -> dict:
+        """Everything that changes a stage's result, and nothing that does not (logging, paths)."""
+        return {
+            "format": STAGE_FORMAT,
+            "task": _plain(self.cfg.task),
+            "data": self.data_key,
+            "seed": self.cfg.seed,
+            "model": _plain(model_cfg),
+            "precision": str(self.cfg.trainer.precision),
+            **parts,
+        }
+
+    # ------------------------------------------------------------ building blocks
+
+    def trainer(self, model_cfg: DictConfig, epochs: int, out: Path, logger, select: bool = False,
+                ) -> tuple[pl.Trainer, str | None]:
+        """A Trainer from ``conf/trainer``; with ``select``, it keeps the checkpoint that
+        ``train.select`` prefers (and stops early if asked), and returns what it monitors."""
+        monitor = SELECTION_MONITORS[self.cfg.train.select] if select else None
+        callbacks = []
+        if monitor:
+            callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", monitor=monitor, mode="max", save_top_k=1,
+                                             save_weights_only=True))
+            if self.cfg.train.early_stopping_patience:
+                callbacks.append(EarlyStopping(monitor=monitor, mode="max",
+                                               patience=self.cfg.train.early_stopping_patience))
+        trainer = hydra.utils.instantiate(
+            self.cfg.trainer, max_epochs=epochs, accumulate_grad_batches=_accumulation(self.cfg, model_cfg),
+            logger=logger, default_root_dir=self.cfg.paths.output_dir, callbacks=callbacks,
+            enable_checkpointing=bool(monitor), val_check_interval=self.cfg.train.val_every,
+        )
+        return trainer, monitor
+
+    def datamodule(self, model_cfg: DictConfig, train_split: str, predict_splits: list[str],
+                   targets: dict[str, torch.Tensor], features: Stage | None) -> TaskDataModule:
+        sizes = dict(minibatch_size=model_cfg.minibatch_size, eval_batch_size=model_cfg.eval_batch_size)
+        targets = {name: t.numpy() for name, t in targets.items()}
+        if features is not None:
+            return FeatureDataModule(self.splits, self.features_of(features), train_split=train_split,
+                                     predict_splits=predict_splits, targets=targets, **sizes)
+        return TaskDataModule(self.splits, load_tokenizer(model_cfg, self.cfg.paths.zoo_dir), train_split,
+                              predict_splits, max_length=model_cfg.max_length, targets=targets, **sizes)
+
+    def features_of(self, features: Stage) -> dict[str, torch.Tensor]:
+        by_split = dict(features.predictions)
+        for name, rows in self.parts.items():
+            by_split[name] = by_split["train_b"][rows.start:rows.stop]
+        return by_split
+
+    def weights(self, model_cfg: DictConfig, init: Stage | None) -> DictConfig:
+        """``model_cfg``, loading from a generative stage's weights when there is one."""
+        return model_cfg if init is None else OmegaConf.merge(model_cfg, {"path": str(Path(init.path) / "model")})
+
+    # ------------------------------------------------------------ stages
+
+    def _cached(self, kind: str, role: str, model_cfg: DictConfig, spec: dict, build) -> Stage:
+        folder, reused = self.cache.get_or_build(kind, spec, build)
+        if reused:
+            log.info("%s: reusing %s (%s) from the cache, not retraining: %s", role, model_cfg.name, kind, folder)
+        metrics_file = folder / "metrics.json"
+        return Stage(
+            role=role, model=model_cfg.name, key=folder.name, path=str(folder.resolve()), reused=reused,
+            metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
+            predictions=load_file(str(folder / "predictions.safetensors")),
+        )
+
+    def generative(self, model_cfg: DictConfig) -> Stage | None:
+        """The strong model after generative fine-tuning on the task's unlabeled text."""
+        if not self.cfg.generative.enabled:
+            return None
+        spec = self.spec(model_cfg, generative=_plain(self.cfg.generative), batch_size=self.cfg.train.batch_size)
+
+        def build(out: Path) -> None:
+            log.info("generative: fine-tuning %s on the task's unlabeled text (%s)", model_cfg.name,
+                     "causal LM" if generative.is_causal(model_cfg) else "masked LM")
+            logger = tracking.stage_logger(self.cfg, "generative", model_cfg.name)
+            trainer, _ = self.trainer(model_cfg, self.cfg.generative.epochs, out, logger)
+            with tracking.finished_when_done(logger):
+                generative.finetune(self.cfg, model_cfg, self.splits, trainer, out)
+            save_file({}, str(out / "predictions.safetensors"))
+
+        return self._cached("generative", "generative", model_cfg, spec, build)
+
+    def features(self, model_cfg: DictConfig, init: Stage | None) -> Stage | None:
+        """Frozen-backbone features of every split, once per (model, task, weights): what a
+        linear probe trains on. None unless finetune=probe."""
+        if self.cfg.finetune.name != "probe":
+            return None
+        spec = self.spec(model_cfg, features=True, init=init.key if init else None)
+
+        def build(out: Path) -> None:
+            log.info("features: computing %s's frozen features of every split", model_cfg.name)
+            classifier = load_classifier(self.weights(model_cfg, init), self.cfg.paths.zoo_dir)
+            names = ["train_a", "train_b", "val", "test"]
+            datamodule = self.datamodule(model_cfg, "train_a", names, {}, None)
+            trainer, _ = self.trainer(model_cfg, 1, out, False)
+            outputs = trainer.predict(FeatureModule(classifier), datamodule=datamodule)
+            save_file({n: torch.cat(b).float().contiguous() for n, b in zip(names, outputs)},
+                      str(out / "predictions.safetensors"))
+
+        return self._cached("features", "features", model_cfg, spec, build)
+
+    def stage(self, role: str, model_cfg: DictConfig, loss_cfg: DictConfig | None = None,
+              labels: Stage | None = None, train_split: str = "train_a", init: Stage | None = None,
+              produces_labels: bool = True) -> Stage:
+        """Train (or reuse) one classifier. Without ``labels`` it trains on the ground truth of
+        ``train_split``; with ``labels``, on that supervisor's soft labels for those rows, and
+        it validates against the supervisor's labels of ``val``. A stage that ``produces_labels``
+        also predicts ``train_b`` and ``val`` for the next stage."""
+        predict_splits = ["train_b", "val", "test"] if produces_labels else ["test"]
+        features = self.features(model_cfg, init)
+        spec = self.spec(
+            model_cfg, train=_plain(self.cfg.train), finetune=_plain(self.cfg.finetune),
+            loss=_plain(loss_cfg) if loss_cfg is not None else "xent", labels=labels.key if labels else GROUND_TRUTH,
+            train_split=train_split, predicts=predict_splits, init=init.key if init else None,
+        )
+        targets = {}
+        if labels:
+            rows = self.parts.get(train_split, range(len(self.splits["train_b"])))
+            targets = {train_split: labels.predictions["train_b"][rows.start:rows.stop], "val": labels.predictions["val"]}
+
+        def build(out: Path) -> None:
+            log.info("%s: training %s on %s", role, model_cfg.name, f"{labels.role}'s labels" if labels else "ground truth")
+            loss = hydra.utils.instantiate(loss_cfg.fn) if loss_cfg is not None else XentLoss()
+            if features is not None:
+                classifier = LinearProbe(features.predictions["train_a"].shape[1])
+            else:
+                classifier = load_classifier(self.weights(model_cfg, init), self.cfg.paths.zoo_dir, self.cfg.finetune)
+            datamodule = self.datamodule(model_cfg, train_split, predict_splits, targets, features)
+            self._fit_and_predict(role, model_cfg, classifier, loss, datamodule, predict_splits, labels, out)
+
+        return self._cached("transfer" if labels else "gt", role, model_cfg, spec, build)
+
+    def _fit_and_predict(self, role: str, model_cfg: DictConfig, classifier: torch.nn.Module, loss,
+                         datamodule: TaskDataModule, predict_splits: list[str], labels: Stage | None, out: Path) -> None:
+        """Fit, select the checkpoint ``train.select`` asks for, predict, and write the
+        predictions and test metrics into ``out``."""
+        started = time.time()
+        cfg = self.cfg
+        module = W2SModule(
+            classifier, loss, lr=cfg.finetune.lr or model_cfg.lr, weight_decay=cfg.train.weight_decay,
+            lr_scheduler=cfg.train.lr_scheduler, warmup_frac=cfg.train.warmup_frac, dropout=cfg.train.dropout,
+            stage=role,
+        )
+        # Seed after loading: building a zoo model on first use draws random numbers, and the
+        # shuffling order must not depend on whether the zoo was already built.
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        logger = tracking.stage_logger(cfg, role, model_cfg.name)
+        trainer, monitor = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger, select=True)
+        with tracking.finished_when_done(logger):
+            trainer.fit(module, datamodule=datamodule)
+            train_seconds = time.time() - started
+            best = trainer.checkpoint_callback.best_model_path if monitor else None
+            outputs = trainer.predict(module, datamodule=datamodule, ckpt_path=best or None)
+            if len(predict_splits) == 1:
+                outputs = [outputs]
+            predictions = {name: torch.cat(batches).float() for name, batches in zip(predict_splits, outputs)}
+            test_labels = torch.tensor(self.splits["test"]["label"])
+            metrics = evaluate(predictions["test"], test_labels)
+            if labels:
+                metrics.update(agreement(predictions["test"], labels.predictions["test"], test_labels))
+            metrics.update(
+                train_seconds=train_seconds, total_seconds=time.time() - started,
+                n_train=len(datamodule.splits[datamodule.train_split]), selection=cfg.train.select,
+                selected_step=int(Path(best).stem.split("step=")[1]) if best else trainer.global_step,
+            )
+            if logger:
+                logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the selected weights served their purpose
+        save_file({name: p.contiguous() for name, p in predictions.items()}, str(out / "predictions.safetensors"))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    def bootstrap(self, weak: Stage, init: Stage | None) -> list[Stage]:
+        """weak -> rung 1 -> ... -> strong. Half B is cut into one disjoint part per step, so
+        each rung learns from labels its supervisor made on rows that supervisor never
+        trained on, and labels the next part for the rung above it."""
+        rungs = [*self.cfg.chain.rungs.values(), self.cfg.strong]
+        rows = len(self.splits["train_b"])
+        bounds = [round(i * rows / len(rungs)) for i in range(len(rungs) + 1)]
+        stages, labels = [], weak
+        for i, model_cfg in enumerate(rungs):
+            part = f"train_b_part{i + 1}of{len(rungs)}"
+            self.parts[part] = range(bounds[i], bounds[i + 1])
+            self.splits[part] = self.splits["train_b"].select(self.parts[part])
+            last = i == len(rungs) - 1
+            labels = self.stage("bootstrap" if last else f"rung{i + 1}", model_cfg, self.cfg.loss, labels=labels,
+                                train_split=part, init=init if last else None, produces_labels=not last)
+            stages.append(labels)
+        return stages
+
+
+class FeatureModule(pl.LightningModule):
+    """Predicts a classifier's pooled features (for linear probes); never trains."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self.classifier.pool(batch["input_ids"], batch["attention_mask"])
 
 
 def run(cfg: DictConfig) -> dict:
@@ -201,37 +341,42 @@ def run(cfg: DictConfig) -> dict:
                    "loss": cfg.loss.name, "seed": cfg.seed, "skipped": reason}
         (output_dir / "skipped.json").write_text(json.dumps(skipped, indent=2))
         return skipped
-    splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
-    cache = StageCache(cfg.paths.stage_dir)
-    data_key = tasks.fingerprint(splits)
+    experiment = Experiment(cfg, tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed))
 
-    weak = run_stage(cfg, cache, splits, data_key, "weak", cfg.weak)
-    ceiling = run_stage(cfg, cache, splits, data_key, "ceiling", cfg.strong)
-    transfer = run_stage(cfg, cache, splits, data_key, "transfer", cfg.strong, cfg.loss, labels=weak)
+    weak = experiment.stage("weak", cfg.weak)
+    init = experiment.generative(cfg.strong)
+    ceiling = experiment.stage("ceiling", cfg.strong, init=init)
+    transfer = experiment.stage("transfer", cfg.strong, cfg.loss, labels=weak, init=init, produces_labels=False)
+    chain = experiment.bootstrap(weak, init) if cfg.chain.rungs else []
 
     stages = {
         s.role: {"model": s.model, "key": s.key, "path": s.path, "reused": s.reused, **s.metrics}
-        for s in (weak, ceiling, transfer)
+        for s in (weak, ceiling, transfer, *chain)
     }
     results = {
         "task": cfg.task.name,
         "weak_model": cfg.weak.name,
         "strong_model": cfg.strong.name,
         "loss": cfg.loss.name,
+        "method": method_name(cfg),
+        "selection": cfg.train.select,
         "seed": cfg.seed,
-        "n_test": len(splits["test"]),
+        "n_test": len(experiment.splits["test"]),
         "stages": stages,
         "pgr": pgr(weak.metrics["acc"], transfer.metrics["acc"], ceiling.metrics["acc"]),
         "pgr_auroc": pgr(weak.metrics["auroc"], transfer.metrics["auroc"], ceiling.metrics["auroc"]),
-        "class_balance": tasks.class_balance(splits),
+        "generative": init.key if init else None,
+        "class_balance": tasks.class_balance(experiment.splits),
         "wall_seconds": time.time() - started,
         "config": _plain(cfg),
     }
+    if chain:
+        results["pgr_bootstrap"] = pgr(weak.metrics["acc"], chain[-1].metrics["acc"], ceiling.metrics["acc"])
     results["pgr_defined"] = not math.isnan(results["pgr"])
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     tracking.log_summary(cfg, {  # also what `report.wandb_group=...` reads back
-        **{f"{role}/{k}": stages[role][k] for role in stages for k in ("acc", "auroc", "key", "reused")},
-        "pgr": results["pgr"], "pgr_auroc": results["pgr_auroc"], "pgr_defined": results["pgr_defined"],
+        **{f"{role}/{k}": stages[role][k] for role in stages for k in ("acc", "auroc", "ece", "key", "reused")},
+        **{k: results[k] for k in ("pgr", "pgr_auroc", "pgr_defined", "method") + (("pgr_bootstrap",) if chain else ())},
     })
     print(summary(results, output_dir / "results.json"))
     return results
@@ -241,15 +386,22 @@ def summary(results: dict, path: os.PathLike) -> str:
     """The one-screen table printed at the end of a run."""
     lines = [
         f"\n{results['task']}: {results['weak_model']} -> {results['strong_model']}, "
-        f"loss={results['loss']}, seed={results['seed']}, {results['n_test']} test examples",
-        f"  {'stage':<10}{'model':<16}{'test acc':>10}{'AUROC':>8}  how",
+        f"loss={results['loss']}, {results.get('method', 'baseline')}, seed={results['seed']}, "
+        f"{results['n_test']} test examples",
+        f"  {'stage':<10}{'model':<16}{'test acc':>10}{'AUROC':>8}{'ECE':>7}{'agree':>7}  how",
     ]
-    for role in ("weak", "transfer", "ceiling"):
+    roles = ["weak", "transfer", *[r for r in results["stages"] if r.startswith("rung")], "bootstrap", "ceiling"]
+    for role in [r for r in roles if r in results["stages"]]:
         s = results["stages"][role]
         how = "reused from cache" if s["reused"] else f"trained in {s['total_seconds']:.0f}s"
-        lines.append(f"  {role:<10}{s['model']:<16}{100 * s['acc']:>9.1f}%{s['auroc']:>8.3f}  {how}")
+        agree = f"{100 * s['agreement']:>6.1f}%" if "agreement" in s else f"{'':>7}"
+        lines.append(f"  {role:<10}{s['model']:<16}{100 * s['acc']:>9.1f}%{s['auroc']:>8.3f}"
+                     f"{s.get('ece', float('nan')):>7.3f}{agree}  {how}")
     if results["pgr_defined"]:
-        lines.append(f"  PGR (accuracy) = {results['pgr']:.3f}   PGR (AUROC) = {results['pgr_auroc']:.3f}")
+        line = f"  PGR (accuracy) = {results['pgr']:.3f}   PGR (AUROC) = {results['pgr_auroc']:.3f}"
+        if "pgr_bootstrap" in results:
+            line += f"   PGR (bootstrapped) = {results['pgr_bootstrap']:.3f}"
+        lines.append(line)
     else:
         lines.append("  PGR undefined: the ceiling does not beat the weak model (reported as NaN)")
     lines.append(f"  wall time {results['wall_seconds']:.0f}s; results in {path}")

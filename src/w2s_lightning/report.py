@@ -5,7 +5,7 @@
     python -m w2s_lightning.report outputs/multiruns/<time>     # the same, without Hydra
     python run.py stage=report report.wandb_group=sweep-<time>  # from W&B instead of files
 
-Summaries follow the paper and the reference notebook: per task and loss, the median PGR
+Summaries follow the paper and the reference notebook: per task, method and loss, the median PGR
 over (weak, strong) pairs, leaving out same-size pairs and pairs whose ceiling does not beat
 the weak model (both counted in the table). With several seeds the median is taken per seed
 and the table gives its mean and a Student-t 95% interval over seeds.
@@ -32,7 +32,10 @@ from w2s_lightning.metrics import pgr
 
 log = logging.getLogger(__name__)
 ROLES = ("weak", "transfer", "ceiling")
-PAIR = ["task", "loss", "weak", "strong"]
+# Per-pair means shown beside PGR (NaN where a run has no such stage or metric).
+OPTIONAL_MEANS = ("pgr_auroc", "transfer_ece", "agreement", "agreement_where_weak_wrong", "bootstrap_acc",
+                  "pgr_bootstrap")
+PAIR = ["task", "method", "loss", "weak", "strong"]
 
 
 # ---------------------------------------------------------------- reading runs
@@ -58,11 +61,13 @@ def read_wandb(project: str, entity: str | None, group: str) -> list[dict]:
     results = []
     for run in runs:
         summary, config = dict(run.summary), dict(run.config)
+        roles = [r for r in (*ROLES, "bootstrap") if f"{r}/acc" in summary]
         results.append({
             "task": config["task"]["name"], "loss": config["loss"]["name"], "seed": config["seed"],
+            "method": summary.get("method", "baseline"),
             "weak_model": config["weak"]["name"], "strong_model": config["strong"]["name"],
-            "stages": {role: {k: summary.get(f"{role}/{k}") for k in ("acc", "auroc", "key", "reused")}
-                       for role in ROLES},
+            "stages": {role: {k: summary.get(f"{role}/{k}") for k in ("acc", "auroc", "ece", "key", "reused")}
+                       for role in roles},
             "config": config,
         })
     if not results:
@@ -75,7 +80,8 @@ def record(results: dict) -> dict:
     """One row per finished experiment: the pair, the seed, the three accuracies and PGR."""
     stages, config = results["stages"], results["config"]
     row = {
-        "task": results["task"], "loss": results["loss"], "seed": results["seed"],
+        "task": results["task"], "method": results.get("method", "baseline"), "loss": results["loss"],
+        "seed": results["seed"],
         "weak": results["weak_model"], "strong": results["strong_model"],
         "weak_params": float(config["weak"]["params"]), "strong_params": float(config["strong"]["params"]),
         **{f"{role}_acc": stages[role]["acc"] for role in ROLES},
@@ -83,6 +89,12 @@ def record(results: dict) -> dict:
     }
     row["pgr"] = pgr(row["weak_acc"], row["transfer_acc"], row["ceiling_acc"])
     row["pgr_auroc"] = pgr(row["weak_auroc"], row["transfer_auroc"], row["ceiling_auroc"])
+    row["transfer_ece"] = stages["transfer"].get("ece", math.nan)
+    row["agreement"] = stages["transfer"].get("agreement", math.nan)
+    row["agreement_where_weak_wrong"] = stages["transfer"].get("agreement_where_supervisor_wrong", math.nan)
+    # Bootstrapping (chain=...): the last rung is the strong model, beside the direct transfer.
+    row["bootstrap_acc"] = stages.get("bootstrap", {}).get("acc", math.nan)
+    row["pgr_bootstrap"] = pgr(row["weak_acc"], row["bootstrap_acc"], row["ceiling_acc"])
     return row
 
 
@@ -100,7 +112,7 @@ def interval(values: pd.Series) -> tuple[float, float, float]:
 
 
 def pair_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, loss, weak, strong): accuracies and PGR, means over seeds, PGR's interval."""
+    """Per (task, method, loss, weak, strong): accuracies and PGR, means over seeds, PGR's interval."""
     rows = []
     for pair, group in records.groupby(PAIR, sort=False):
         mean, low, high = interval(group["pgr"])
@@ -110,30 +122,31 @@ def pair_table(records: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             **dict(zip(PAIR, pair)), "seeds": len(group),
             **{f"{role}_acc": group[f"{role}_acc"].mean() for role in ROLES},
-            "pgr": mean, "pgr_low": low, "pgr_high": high, "pgr_auroc": group["pgr_auroc"].mean(),
+            "pgr": mean, "pgr_low": low, "pgr_high": high,
+            **{column: group[column].mean() for column in OPTIONAL_MEANS},
             "status": status,
             "weak_params": group["weak_params"].iloc[0], "strong_params": group["strong_params"].iloc[0],
         })
-    table = pd.DataFrame(rows).sort_values(["task", "loss", "weak_params", "strong_params"])
+    table = pd.DataFrame(rows).sort_values(["task", "method", "loss", "weak_params", "strong_params"])
     return table.drop(columns=["weak_params", "strong_params"]).reset_index(drop=True)
 
 
 def summary_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, loss): median PGR over the valid pairs of each seed, then mean and interval
-    over seeds, with the pairs used and those left out counted."""
+    """Per (task, method, loss): median PGR over the valid pairs of each seed, then mean and
+    interval over seeds, with the pairs used and those left out counted."""
     rows = []
-    for (task, loss), group in records.groupby(["task", "loss"], sort=True):
+    for (task, method, loss), group in records.groupby(["task", "method", "loss"], sort=True):
         same_size = group["weak_params"] == group["strong_params"]
         undefined = ~same_size & group["pgr"].isna()
         valid = group[~same_size & ~undefined]
-        medians = valid.groupby("seed")["pgr"].median()
-        mean, low, high = interval(medians)
+        mean, low, high = interval(valid.groupby("seed")["pgr"].median())
         rows.append({
-            "task": task, "loss": loss, "median_pgr": mean, "pgr_low": low, "pgr_high": high,
+            "task": task, "method": method, "loss": loss, "median_pgr": mean, "pgr_low": low, "pgr_high": high,
             "seeds": group["seed"].nunique(),
             "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
             "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
             "ceiling_le_weak_left_out": int(undefined.sum()),
+            "median_pgr_bootstrap": valid.groupby("seed")["pgr_bootstrap"].median().mean(),
         })
     return pd.DataFrame(rows)
 
@@ -151,7 +164,7 @@ def accounting(results: list[dict], skipped: list[dict]) -> dict:
     trained = {"gt": set(), "transfer": set()}
     for result in results:
         for role, stage in result["stages"].items():
-            kind = "transfer" if role == "transfer" else "gt"
+            kind = "gt" if role in ("weak", "ceiling") else "transfer"  # rungs and bootstrap learn from labels
             used[kind].add(stage["key"])
             if stage.get("reused") is False:
                 trained[kind].add(stage["key"])
@@ -170,23 +183,29 @@ def accounting(results: list[dict], skipped: list[dict]) -> dict:
 # ---------------------------------------------------------------- figures
 
 
+def with_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """What a line or bar stands for: the loss, prefixed by the method when several are shown."""
+    several = table["method"].nunique() > 1
+    return table.assign(variant=table["method"] + " " + table["loss"] if several else table["loss"])
+
+
 def plot_accuracy(pairs: pd.DataFrame, task: str) -> plt.Figure:
     """The paper's NLP figure: transfer test accuracy against the strong model's ceiling
     accuracy, one line per weak model (style per loss); the black line is the ceiling itself."""
-    rows = pairs[pairs["task"] == task]
+    rows = with_variant(pairs[pairs["task"] == task])
     ceilings = rows.groupby("strong")["ceiling_acc"].mean().sort_values()
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.plot(ceilings.values, ceilings.values, "k-o", label="ground truth (ceiling)")
     colors = plt.get_cmap("viridis")
     weak_models = list(dict.fromkeys(rows.sort_values("weak_acc")["weak"]))
-    styles = dict(zip(sorted(rows["loss"].unique()), ["-", "--", ":", "-."] * 4))
+    styles = dict(zip(sorted(rows["variant"].unique()), ["-", "--", ":", "-."] * 8))
     for i, weak in enumerate(weak_models):
-        for loss, style in styles.items():
-            line = rows[(rows["weak"] == weak) & (rows["loss"] == loss)]
+        for variant, style in styles.items():
+            line = rows[(rows["weak"] == weak) & (rows["variant"] == variant)]
             line = line.assign(x=line["strong"].map(ceilings)).sort_values("x")
             if len(line):
                 ax.plot(line["x"], line["transfer_acc"], style, marker="o",
-                        color=colors(i / max(1, len(weak_models) - 1) * 0.85), label=f"weak {weak}, {loss}")
+                        color=colors(i / max(1, len(weak_models) - 1) * 0.85), label=f"weak {weak}, {variant}")
     ax.set_xticks(ceilings.values, [f"{m}\n{a:.3f}" for m, a in ceilings.items()], rotation=30, fontsize=8)
     ax.set_xlabel("strong model (ground-truth ceiling accuracy)")
     ax.set_ylabel("test accuracy")
@@ -197,17 +216,18 @@ def plot_accuracy(pairs: pd.DataFrame, task: str) -> plt.Figure:
 
 
 def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
-    """Median PGR per task, one bar per loss, with the 95% interval over seeds."""
-    tasks, losses = sorted(summary["task"].unique()), sorted(summary["loss"].unique())
-    width = 0.8 / len(losses)
+    """Median PGR per task, one bar per loss (and method), with the 95% interval over seeds."""
+    summary = with_variant(summary)
+    tasks, variants = sorted(summary["task"].unique()), sorted(summary["variant"].unique())
+    width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(tasks), 4))
-    for i, loss in enumerate(losses):
-        rows = summary[summary["loss"] == loss].set_index("task").reindex(tasks)
+    for i, variant in enumerate(variants):
+        rows = summary[summary["variant"] == variant].set_index("task").reindex(tasks)
         errors = [(rows["median_pgr"] - rows["pgr_low"]).fillna(0), (rows["pgr_high"] - rows["median_pgr"]).fillna(0)]
         ax.bar([t + i * width for t in range(len(tasks))], rows["median_pgr"], width, yerr=errors,
-               capsize=3, label=loss)
+               capsize=3, label=variant)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks([t + width * (len(losses) - 1) / 2 for t in range(len(tasks))], tasks)
+    ax.set_xticks([t + width * (len(variants) - 1) / 2 for t in range(len(tasks))], tasks)
     ax.set_ylabel("median PGR over pairs")
     ax.set_title("Performance gap recovered")
     ax.legend()

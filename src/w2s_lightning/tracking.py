@@ -7,9 +7,10 @@ runs later. ``logger.mode=disabled`` turns W&B off.
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import wandb
 from lightning.pytorch.loggers import WandbLogger
@@ -54,6 +55,18 @@ def stage_logger(cfg: DictConfig, role: str, model_name: str) -> WandbLogger | b
         return False
     kwargs = _run_kwargs(cfg, role, f"{cfg.logger.experiment}/{role}-{model_name}")
     return WandbLogger(save_dir=kwargs.pop("dir"), **kwargs)
+
+
+@contextlib.contextmanager
+def finished_when_done(logger: WandbLogger | bool) -> Iterator[None]:
+    """Close a stage's W&B run when the stage ends: finished, or failed if it raised."""
+    exit_code = 1
+    try:
+        yield
+        exit_code = 0
+    finally:
+        if logger:
+            logger.experiment.finish(exit_code=exit_code)
 
 
 def log_summary(cfg: DictConfig, summary: dict[str, float]) -> None:

@@ -1,0 +1,76 @@
+"""Generative fine-tuning: the strong model's own unsupervised objective on the task's
+unlabeled text, before it learns to classify (the paper's third method).
+
+Decoders (``pooling: last``) train as causal language models, encoders as masked language
+models. The weights are saved as a Hugging Face folder that the classifier then loads in
+place of the pretrained ones, for the ceiling and the transfer alike, so PGR stays
+comparable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, get_scheduler
+
+from w2s_lightning import zoo
+from w2s_lightning.errors import TrainingError
+from w2s_lightning.models import load_tokenizer
+
+# Texts the language model reads: the training pool only, never val or test.
+UNLABELED_SPLITS = ("train_a", "train_b")
+
+
+def is_causal(model_cfg: DictConfig) -> bool:
+    """Decoders classify from their last token; they are the ones with a causal LM head."""
+    return model_cfg.pooling == "last"
+
+
+class LanguageModelModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, lr: float):
+        super().__init__()
+        self.model = model
+        self.lr = lr
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(f"generative fine-tuning: the loss is {loss.item()}; lower generative.lr "
+                                f"(now {self.lr:g}) or use trainer.precision=32-true.")
+        self.log("generative/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr)
+        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0,
+                                  num_training_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def finetune(
+    cfg: DictConfig, model_cfg: DictConfig, splits: datasets.DatasetDict, trainer: pl.Trainer, out: Path,
+) -> None:
+    """Train ``model_cfg``'s language-model objective on the pool's texts; save to ``out/model``."""
+    tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
+    source = zoo.resolve(model_cfg.path, cfg.paths.zoo_dir)
+    causal = is_causal(model_cfg)
+    model_class = AutoModelForCausalLM if causal else AutoModelForMaskedLM
+    model = model_class.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # after loading, as for the classifier stages
+    texts = datasets.concatenate_datasets([splits[name] for name in UNLABELED_SPLITS]).select_columns(["text"])
+    tokenized = texts.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=model_cfg.max_length),
+        batched=True, remove_columns=["text"], desc="tokenize unlabeled text",
+    ).with_format("python")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=not causal,
+                                               mlm_probability=cfg.generative.mlm_probability)
+    loader = DataLoader(tokenized, batch_size=model_cfg.minibatch_size, shuffle=True, collate_fn=collator)
+    module = LanguageModelModule(model, lr=cfg.generative.lr or model_cfg.lr)
+    trainer.fit(module, train_dataloaders=loader)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")

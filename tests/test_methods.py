@@ -1,0 +1,142 @@
+"""Beyond naive fine-tuning, on tiny models: bootstrapping, generative fine-tuning, model
+selection without ground truth, linear probes, LoRA, agreement and calibration."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from w2s_lightning import generative, pipeline
+from w2s_lightning.errors import ConfigError
+from w2s_lightning.metrics import agreement
+from w2s_lightning.models import load_classifier
+
+TINY_RUNG = ["chain=minilm_l6", "chain.rungs.minilm_l6.minibatch_size=16", "chain.rungs.minilm_l6.max_length=64"]
+
+
+def spec_of(stage: dict) -> dict:
+    return json.loads((Path(stage["path"]) / "spec.json").read_text())
+
+
+def test_bootstrapping_chains_labels_through_disjoint_parts_of_half_b(make_cfg, tiny_overrides, tiny_bert):
+    cfg = make_cfg(*tiny_overrides, *TINY_RUNG, f"chain.rungs.minilm_l6.path={tiny_bert}")
+    results = pipeline.run(cfg)
+    stages = results["stages"]
+    assert set(stages) == {"weak", "ceiling", "transfer", "rung1", "bootstrap"}
+    assert results["method"] == "chain=minilm_l6"
+    # weak -> rung1 on the first half of B, rung1 -> strong on the second; the direct transfer sees all of B.
+    assert spec_of(stages["rung1"])["train_split"] == "train_b_part1of2"
+    assert spec_of(stages["rung1"])["labels"] == stages["weak"]["key"]
+    assert spec_of(stages["bootstrap"])["train_split"] == "train_b_part2of2"
+    assert spec_of(stages["bootstrap"])["labels"] == stages["rung1"]["key"]
+    assert stages["rung1"]["n_train"] + stages["bootstrap"]["n_train"] == stages["transfer"]["n_train"] == 48
+    # The bootstrapped student's agreement is measured against its own supervisor, rung 1.
+    test = {role: load_file(str(Path(stages[role]["path"]) / "predictions.safetensors"))["test"]
+            for role in ("rung1", "bootstrap")}
+    labels = torch.tensor(pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)["test"]["label"])
+    assert stages["bootstrap"]["agreement"] == pytest.approx(agreement(test["bootstrap"], test["rung1"], labels)["agreement"])
+    assert "pgr_bootstrap" in results
+    # Without a chain the same experiment reuses every stage it shares with the chained one.
+    plain = pipeline.run(make_cfg(*tiny_overrides))
+    assert all(plain["stages"][r]["reused"] for r in ("weak", "ceiling", "transfer"))
+    assert plain["method"] == "baseline" and "pgr_bootstrap" not in plain
+
+
+@pytest.mark.parametrize("strong", ["tiny_llama", "tiny_bert"])
+def test_generative_finetuning_changes_the_strong_weights_for_ceiling_and_transfer(
+        make_cfg, tiny_overrides, tiny_llama, tiny_bert, strong, caplog):
+    caplog.set_level(logging.INFO, logger="w2s_lightning")
+    folder = {"tiny_llama": tiny_llama, "tiny_bert": tiny_bert}[strong]
+    pooling = "last" if strong == "tiny_llama" else "mean"
+    cfg = make_cfg(*tiny_overrides, f"strong.path={folder}", f"strong.pooling={pooling}", "generative.enabled=true",
+                   "generative.lr=1e-3")
+    results = pipeline.run(cfg)
+    assert ("causal LM" if strong == "tiny_llama" else "masked LM") in caplog.text
+    assert generative.is_causal(cfg.strong) == (strong == "tiny_llama")
+    key = results["generative"]
+    assert key.startswith("generative-")
+    for role in ("ceiling", "transfer"):
+        assert spec_of(results["stages"][role])["init"] == key
+    assert spec_of(results["stages"]["weak"])["init"] is None  # the weak model is not touched
+    tuned = AutoModel.from_pretrained(Path(cfg.paths.stage_dir) / key / "model")
+    original = AutoModel.from_pretrained(folder)
+    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, original.state_dict()[n])]
+    assert changed  # the language-model objective moved the backbone
+    assert results["method"] == "generative"
+
+
+@pytest.mark.parametrize("select", ["weak_val", "oracle_val"])
+def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_overrides, select):
+    cfg = make_cfg(*tiny_overrides, f"train.select={select}", "train.epochs=2", "train.val_every=0.5")
+    results = pipeline.run(cfg)
+    assert results["selection"] == select and results["method"] == f"select={select}"
+    for role, stage in results["stages"].items():
+        assert stage["selection"] == select
+        # 48 rows in 16-row batches: 3 steps an epoch, validated every other batch -> a step in 1..6.
+        assert 1 <= stage["selected_step"] <= 6
+        assert not (Path(stage["path"]) / "checkpoints").exists()  # checkpoints are not kept in the cache
+    monitor = pipeline.SELECTION_MONITORS[select]
+    trainer, watched = pipeline.Experiment(cfg, pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, 0)).trainer(
+        cfg.strong, 1, Path(cfg.paths.output_dir), False, select=True)
+    assert watched == monitor == trainer.checkpoint_callback.monitor
+
+
+def test_weak_val_selection_validates_the_transfer_against_the_weak_labels(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides, "train.select=weak_val")
+    results = pipeline.run(cfg)
+    weak_val = load_file(str(Path(results["stages"]["weak"]["path"]) / "predictions.safetensors"))["val"]
+    experiment = pipeline.Experiment(cfg, pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, 0))
+    weak = experiment.stage("weak", cfg.weak)
+    assert weak.reused and torch.equal(weak.predictions["val"], weak_val)
+    datamodule = experiment.datamodule(cfg.strong, "train_b", ["test"],
+                                       {"train_b": weak.predictions["train_b"], "val": weak.predictions["val"]}, None)
+    datamodule.setup()
+    assert datamodule.prepared["val"]["target"] == pytest.approx(weak_val.tolist())  # not the ground truth
+
+
+def test_selection_settings_that_cannot_work_are_refused(make_cfg, tiny_overrides):
+    with pytest.raises(ConfigError, match="set task.n_val > 0"):
+        pipeline.run(make_cfg(*tiny_overrides, "train.select=weak_val", "task.n_val=0"))
+    with pytest.raises(ConfigError, match="needs something to monitor"):
+        pipeline.run(make_cfg(*tiny_overrides, "train.early_stopping_patience=2"))
+    with pytest.raises(ConfigError, match="train.select=best is unknown"):
+        pipeline.run(make_cfg(*tiny_overrides, "train.select=best"))
+
+
+def test_linear_probes_compute_features_once_and_train_only_the_head(make_cfg, tiny_overrides, caplog):
+    caplog.set_level(logging.INFO, logger="w2s_lightning")
+    cfg = make_cfg(*tiny_overrides, "finetune=probe")
+    results = pipeline.run(cfg)
+    assert results["method"] == "finetune=probe"
+    features = sorted(p for p in Path(cfg.paths.stage_dir).glob("features-*") if p.is_dir())
+    assert len(features) == 2  # one per model: tiny-bert (weak) and tiny-llama (strong)
+    stored = load_file(str(features[0] / "predictions.safetensors"))
+    assert {n: len(t) for n, t in stored.items()} == {"train_a": 48, "train_b": 48, "val": 16, "test": 64}
+    assert caplog.text.count("computing tiny-llama's frozen features") == 1  # ceiling and transfer share them
+    caplog.clear()
+    again = pipeline.run(make_cfg(*tiny_overrides, "finetune=probe", "loss=aux_conf"))
+    assert "frozen features" not in caplog.text and "reusing tiny-llama (features)" in caplog.text
+    assert again["stages"]["weak"]["reused"] and not again["stages"]["transfer"]["reused"]
+
+
+def test_lora_trains_adapters_and_the_head_only(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides, "finetune=lora")
+    classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, cfg.finetune)
+    trainable = {n for n, p in classifier.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert "head.weight" in trainable
+    results = pipeline.run(cfg)
+    assert results["method"] == "finetune=lora" and 0 <= results["stages"]["transfer"]["acc"] <= 1
+
+
+def test_every_stage_reports_calibration_and_transfers_report_agreement(make_cfg, tiny_overrides):
+    results = pipeline.run(make_cfg(*tiny_overrides))
+    for stage in results["stages"].values():
+        assert 0.0 <= stage["ece"] <= 1.0
+    transfer = results["stages"]["transfer"]
+    assert 0.0 <= transfer["agreement"] <= 1.0
+    assert "agreement" not in results["stages"]["ceiling"]  # ground truth supervises it
