@@ -140,3 +140,22 @@ def test_every_stage_reports_calibration_and_transfers_report_agreement(make_cfg
     transfer = results["stages"]["transfer"]
     assert 0.0 <= transfer["agreement"] <= 1.0
     assert "agreement" not in results["stages"]["ceiling"]  # ground truth supervises it
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_lora_wraps_the_paper_ladders_architectures(family):
+    """The paper_nlp_lora preset's families (GPT-2's Conv1D layers, Qwen2's Linear ones), as tiny random models."""
+    from omegaconf import OmegaConf
+    from transformers import GPT2Config, Qwen2Config
+
+    from w2s_lightning.models import Classifier, add_lora
+
+    config = (GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2) if family == "gpt2" else
+              Qwen2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64))
+    lora = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "finetune" / "lora.yaml")
+    classifier = Classifier(add_lora(AutoModel.from_config(config), lora), "last")
+    adapted = {n.split(".lora_")[0] for n, p in classifier.named_parameters() if p.requires_grad and "lora_" in n}
+    assert len(adapted) >= 4 * config.num_hidden_layers  # attention and MLP projections in every layer
+    ids = torch.randint(0, 100, (2, 5))
+    assert classifier(ids, torch.ones_like(ids)).shape == (2, 2)

@@ -207,6 +207,8 @@ def test_paper_nlp_preset_composes_a_gpt2_and_qwen_ladder_on_five_tasks():
         assert cfg.task.n_train == 20000 and cfg.task.n_test == 10000 and cfg.trainer.accelerator == "gpu"
         for model in models:  # every rung is a model config that composes
             assert compose(config_name="config", overrides=["experiment=paper_nlp", f"model@strong={model}"]).strong.name == model
+        lora = compose(config_name="config", overrides=["experiment=paper_nlp_lora"], return_hydra_config=True)
+        assert lora.finetune.name == "lora" and lora.hydra.sweeper.params == params
         ladder = compose(config_name="config", overrides=["experiment=offline_ladder"], return_hydra_config=True)
         assert ladder.hydra.sweeper.params["task"] == "sciq,boolq,sst2"
 
