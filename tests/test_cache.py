@@ -7,7 +7,7 @@ import pytest
 
 from w2s_lightning import tasks
 from w2s_lightning.cache import StageCache, build_once, content_key
-from w2s_lightning.pipeline import stage_spec
+from w2s_lightning.pipeline import classifier_parts, stage_spec
 
 
 def test_build_once_builds_then_reuses(tmp_path):
@@ -63,18 +63,24 @@ def test_content_key_is_order_independent_and_sensitive():
 def test_stage_spec_changes_with_what_changes_results_only(make_cfg):
     base = make_cfg()
 
-    def key(cfg, loss=None, labels="ground_truth", data="rows-v1"):
-        return content_key(stage_spec(cfg, data, cfg.strong, loss, labels))
+    def key(cfg, loss=None, labels="ground_truth", data="rows-v1", model=None, init=None):
+        parts = classifier_parts(cfg, loss, labels, "train_a", ["train_b", "val", "test"], init)
+        return content_key(stage_spec(cfg, data, model or cfg.strong, **parts))
 
     assert key(base) == key(make_cfg("logger.mode=offline", "trainer.log_every_n_steps=1"))
-    for change in ("seed=1", "task.n_train=1000", "strong.lr=1e-5", "train.epochs=3", "trainer.precision=32-true"):
+    for change in ("seed=1", "task.n_train=1000", "strong.lr=1e-5", "train.epochs=3", "trainer.precision=32-true",
+                   "train.select=weak_val", "finetune=lora", "finetune=probe"):
         assert key(make_cfg(change)) != key(base), change
     assert key(base, base.loss) != key(make_cfg("loss=aux_conf"), make_cfg("loss=aux_conf").loss)
     assert key(base, labels="gt-aaa") != key(base, labels="gt-bbb")
     assert key(base, data="rows-v2") != key(base)
     # weak and ceiling are one kind of stage: the same model trained on ground truth is one key
     as_weak = make_cfg("model@weak=mpnet_base")
-    assert content_key(stage_spec(as_weak, "rows-v1", as_weak.weak, None, "ground_truth")) == key(base)
+    assert key(as_weak, model=as_weak.weak) == key(base)
+    # A bootstrapping chain or generative fine-tuning elsewhere does not change a plain stage...
+    assert key(make_cfg("chain=minilm_l6")) == key(make_cfg("generative.enabled=true")) == key(base)
+    # ... but starting from generatively fine-tuned weights does.
+    assert key(base, init="generative-aaa") != key(base)
 
 
 def test_data_fingerprint_follows_the_rows(tmp_path, make_cfg):

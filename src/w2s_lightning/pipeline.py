@@ -2,7 +2,7 @@
 optionally a bootstrapping chain weak -> rung 1 -> ... -> strong beside the direct transfer.
 
 Each stage is cached by a hash of everything that changes its result (see
-``Experiment.spec``), so a sweep over losses trains the weak model, its labels and the
+``stage_spec``), so a sweep over losses trains the weak model, its labels and the
 ceiling once, and a rerun trains nothing.
 """
 
@@ -111,6 +111,31 @@ def method_name(cfg: DictConfig) -> str:
     return "+".join(parts) or "baseline"
 
 
+def stage_spec(cfg: DictConfig, data_key: str, model_cfg: DictConfig, **parts) -> dict:
+    """Everything that changes a stage's result, and nothing that does not (logging, paths):
+    the formatted rows' fingerprint, task, seed, model, precision, plus the stage's ``parts``."""
+    return {
+        "format": STAGE_FORMAT,
+        "task": _plain(cfg.task),
+        "data": data_key,
+        "seed": cfg.seed,
+        "model": _plain(model_cfg),
+        "precision": str(cfg.trainer.precision),
+        **parts,
+    }
+
+
+def classifier_parts(cfg: DictConfig, loss_cfg: DictConfig | None, labels_key: str, train_split: str,
+                     predicts: list[str], init_key: str | None) -> dict:
+    """The parts of a classifier stage's spec beyond ``stage_spec``'s: recipe, what trains,
+    loss, whose labels on which rows, what it predicts, and the weights it starts from."""
+    return {
+        "train": _plain(cfg.train), "finetune": _plain(cfg.finetune),
+        "loss": _plain(loss_cfg) if loss_cfg is not None else "xent", "labels": labels_key,
+        "train_split": train_split, "predicts": predicts, "init": init_key,
+    }
+
+
 class Experiment:
     """The stages of one experiment over one set of splits, each built once via the cache."""
 
@@ -121,19 +146,8 @@ class Experiment:
         self.cache = StageCache(cfg.paths.stage_dir)
         self.parts: dict[str, range] = {}  # bootstrapping: name -> rows of train_b
 
-    # ------------------------------------------------------------ keys
-
     def spec(self, model_cfg: DictConfig, **parts) -> dict:
-        """Everything that changes a stage's result, and nothing that does not (logging, paths)."""
-        return {
-            "format": STAGE_FORMAT,
-            "task": _plain(self.cfg.task),
-            "data": self.data_key,
-            "seed": self.cfg.seed,
-            "model": _plain(model_cfg),
-            "precision": str(self.cfg.trainer.precision),
-            **parts,
-        }
+        return stage_spec(self.cfg, self.data_key, model_cfg, **parts)
 
     # ------------------------------------------------------------ building blocks
 
@@ -234,11 +248,9 @@ class Experiment:
         also predicts ``train_b`` and ``val`` for the next stage."""
         predict_splits = ["train_b", "val", "test"] if produces_labels else ["test"]
         features = self.features(model_cfg, init)
-        spec = self.spec(
-            model_cfg, train=_plain(self.cfg.train), finetune=_plain(self.cfg.finetune),
-            loss=_plain(loss_cfg) if loss_cfg is not None else "xent", labels=labels.key if labels else GROUND_TRUTH,
-            train_split=train_split, predicts=predict_splits, init=init.key if init else None,
-        )
+        spec = self.spec(model_cfg, **classifier_parts(
+            self.cfg, loss_cfg, labels.key if labels else GROUND_TRUTH, train_split, predict_splits,
+            init.key if init else None))
         targets = {}
         if labels:
             rows = self.parts.get(train_split, range(len(self.splits["train_b"])))
