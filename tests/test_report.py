@@ -100,3 +100,18 @@ def test_missing_or_empty_folders_are_named(tmp_path):
         report.read_folder(tmp_path)
     with pytest.raises(ConfigError, match="no multirun folders"):
         report.newest_multirun(tmp_path)
+
+
+def test_bootstrapped_runs_show_every_rung_beside_the_direct_transfer():
+    chained = result("small", "big", (0.6, 0.7, 0.9))
+    chained["method"] = "chain=mid"
+    chained["stages"]["rung1"] = {"model": "mid", "acc": 0.75, "auroc": 0.8, "key": "r1", "reused": False}
+    chained["stages"]["bootstrap"] = {"model": "big", "acc": 0.81, "auroc": 0.85, "key": "b", "reused": False}
+    pairs, summary = report.tables([chained, result("small", "big", (0.6, 0.7, 0.9))])
+    row = pairs.set_index("method").loc["chain=mid"]
+    assert row["rung1_model"] == "mid" and row["rung1_acc"] == pytest.approx(0.75)
+    assert row["bootstrap_acc"] == pytest.approx(0.81)
+    assert row["pgr_bootstrap"] == pytest.approx((0.81 - 0.6) / (0.9 - 0.6))
+    assert row["pgr"] == pytest.approx((0.7 - 0.6) / (0.9 - 0.6))  # the direct transfer, beside it
+    assert summary.set_index("method").loc["chain=mid", "median_pgr_bootstrap"] == pytest.approx(0.7)
+    assert math.isnan(summary.set_index("method").loc["baseline", "median_pgr_bootstrap"])

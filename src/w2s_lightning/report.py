@@ -93,6 +93,8 @@ def record(results: dict) -> dict:
     row["agreement"] = stages["transfer"].get("agreement", math.nan)
     row["agreement_where_weak_wrong"] = stages["transfer"].get("agreement_where_supervisor_wrong", math.nan)
     # Bootstrapping (chain=...): the last rung is the strong model, beside the direct transfer.
+    for role in (r for r in stages if r.startswith("rung")):  # every intermediate rung, in order
+        row[f"{role}_model"], row[f"{role}_acc"] = stages[role]["model"], stages[role]["acc"]
     row["bootstrap_acc"] = stages.get("bootstrap", {}).get("acc", math.nan)
     row["pgr_bootstrap"] = pgr(row["weak_acc"], row["bootstrap_acc"], row["ceiling_acc"])
     return row
@@ -124,6 +126,8 @@ def pair_table(records: pd.DataFrame) -> pd.DataFrame:
             **{f"{role}_acc": group[f"{role}_acc"].mean() for role in ROLES},
             "pgr": mean, "pgr_low": low, "pgr_high": high,
             **{column: group[column].mean() for column in OPTIONAL_MEANS},
+            **{column: (group[column].mean() if column.endswith("_acc") else group[column].iloc[0])
+               for column in group.columns if column.startswith("rung")},
             "status": status,
             "weak_params": group["weak_params"].iloc[0], "strong_params": group["strong_params"].iloc[0],
         })
@@ -224,8 +228,11 @@ def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
     for i, variant in enumerate(variants):
         rows = summary[summary["variant"] == variant].set_index("task").reindex(tasks)
         errors = [(rows["median_pgr"] - rows["pgr_low"]).fillna(0), (rows["pgr_high"] - rows["median_pgr"]).fillna(0)]
-        ax.bar([t + i * width for t in range(len(tasks))], rows["median_pgr"], width, yerr=errors,
-               capsize=3, label=variant)
+        positions = [t + i * width for t in range(len(tasks))]
+        ax.bar(positions, rows["median_pgr"], width, yerr=errors, capsize=3, label=variant)
+        for x, value in zip(positions, rows["median_pgr"]):
+            if pd.isna(value):  # no pair with a defined PGR: say so rather than show an empty slot
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks([t + width * (len(variants) - 1) / 2 for t in range(len(tasks))], tasks)
     ax.set_ylabel("median PGR over pairs")
