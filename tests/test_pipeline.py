@@ -21,6 +21,10 @@ def test_whole_pipeline_then_a_second_loss_reuses_weak_labels_and_ceiling(make_c
     assert read_results(first)["stages"] == results["stages"]
     stages = results["stages"]
     assert set(stages) == {"weak", "ceiling", "transfer"}
+    # Weak and ceiling learn ground truth of half A; the transfer learns the weak labels of half B.
+    specs = {role: json.loads((Path(s["path"]) / "spec.json").read_text()) for role, s in stages.items()}
+    assert [specs[r]["train_split"] for r in ("weak", "ceiling", "transfer")] == ["train_a", "train_a", "train_b"]
+    assert specs["transfer"]["labels"] == stages["weak"]["key"]
     assert not any(s["reused"] for s in stages.values())
     for s in stages.values():
         assert 0.0 <= s["acc"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0
@@ -110,3 +114,17 @@ def test_same_config_in_a_fresh_cache_gives_the_same_numbers(make_cfg, tiny_over
     for role in ("weak", "ceiling", "transfer"):
         assert again["stages"][role]["acc"] == first["stages"][role]["acc"]
         assert again["stages"][role]["auroc"] == pytest.approx(first["stages"][role]["auroc"], abs=1e-6)
+
+
+def test_transfer_targets_are_the_weak_labels_of_the_same_rows(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides)
+    pipeline.run(cfg)
+    experiment = pipeline.Experiment(cfg, pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed))
+    weak = experiment.stage("weak", cfg.weak)
+    datamodule = experiment.datamodule(cfg.strong, "train_b", ["test"], experiment.targets(weak, "train_b"), None)
+    datamodule.setup()
+    train_b = datamodule.prepared["train_b"]
+    assert train_b["target"] == pytest.approx(weak.predictions["train_b"].tolist())
+    assert train_b["label"] == list(experiment.splits["train_b"]["label"])  # same rows, same order
+    with pytest.raises(ValueError, match="labels come from half B"):
+        experiment.targets(weak, "train_a")

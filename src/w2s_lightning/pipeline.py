@@ -240,21 +240,19 @@ class Experiment:
         return self._cached("features", "features", model_cfg, spec, build)
 
     def stage(self, role: str, model_cfg: DictConfig, loss_cfg: DictConfig | None = None,
-              labels: Stage | None = None, train_split: str = "train_a", init: Stage | None = None,
+              labels: Stage | None = None, train_split: str | None = None, init: Stage | None = None,
               produces_labels: bool = True) -> Stage:
         """Train (or reuse) one classifier. Without ``labels`` it trains on the ground truth of
-        ``train_split``; with ``labels``, on that supervisor's soft labels for those rows, and
-        it validates against the supervisor's labels of ``val``. A stage that ``produces_labels``
-        also predicts ``train_b`` and ``val`` for the next stage."""
+        half A; with ``labels``, on that supervisor's soft labels of half B (or of a part of
+        it, ``train_split``), and it validates against the supervisor's labels of ``val``. A
+        stage that ``produces_labels`` also predicts ``train_b`` and ``val`` for the next one."""
+        train_split = train_split or ("train_b" if labels else "train_a")
         predict_splits = ["train_b", "val", "test"] if produces_labels else ["test"]
         features = self.features(model_cfg, init)
         spec = self.spec(model_cfg, **classifier_parts(
             self.cfg, loss_cfg, labels.key if labels else GROUND_TRUTH, train_split, predict_splits,
             init.key if init else None))
-        targets = {}
-        if labels:
-            rows = self.parts.get(train_split, range(len(self.splits["train_b"])))
-            targets = {train_split: labels.predictions["train_b"][rows.start:rows.stop], "val": labels.predictions["val"]}
+        targets = self.targets(labels, train_split) if labels else {}
 
         def build(out: Path) -> None:
             log.info("%s: training %s on %s", role, model_cfg.name, f"{labels.role}'s labels" if labels else "ground truth")
@@ -306,6 +304,14 @@ class Experiment:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the selected weights served their purpose
         save_file({name: p.contiguous() for name, p in predictions.items()}, str(out / "predictions.safetensors"))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    def targets(self, labels: Stage, train_split: str) -> dict[str, torch.Tensor]:
+        """A supervisor's soft labels for the rows of ``train_split`` (half B or a part of
+        it) and of ``val``, row for row."""
+        rows = self.parts.get(train_split, range(len(self.splits["train_b"])))
+        if train_split != "train_b" and train_split not in self.parts:
+            raise ValueError(f"labels come from half B; {train_split} is not half B or a part of it")
+        return {train_split: labels.predictions["train_b"][rows.start:rows.stop], "val": labels.predictions["val"]}
 
     def bootstrap(self, weak: Stage, init: Stage | None) -> list[Stage]:
         """weak -> rung 1 -> ... -> strong. Half B is cut into one disjoint part per step, so
