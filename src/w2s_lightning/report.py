@@ -195,7 +195,8 @@ def with_variant(table: pd.DataFrame) -> pd.DataFrame:
 
 def plot_accuracy(pairs: pd.DataFrame, task: str) -> plt.Figure:
     """The paper's NLP figure: transfer test accuracy against the strong model's ceiling
-    accuracy, one line per weak model (style per loss); the black line is the ceiling itself."""
+    accuracy, one line per weak model (style per loss); the black line is the ceiling itself and
+    a dotted line in each weak model's colour its own accuracy."""
     rows = with_variant(pairs[pairs["task"] == task])
     ceilings = rows.groupby("strong")["ceiling_acc"].mean().sort_values()
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -204,12 +205,14 @@ def plot_accuracy(pairs: pd.DataFrame, task: str) -> plt.Figure:
     weak_models = list(dict.fromkeys(rows.sort_values("weak_acc")["weak"]))
     styles = dict(zip(sorted(rows["variant"].unique()), ["-", "--", ":", "-."] * 8))
     for i, weak in enumerate(weak_models):
+        color = colors(i / max(1, len(weak_models) - 1) * 0.85)
+        # The weak model's own accuracy: the level a transfer starts from (PGR 0).
+        ax.axhline(rows.loc[rows["weak"] == weak, "weak_acc"].mean(), color=color, linestyle=(0, (1, 3)), linewidth=1)
         for variant, style in styles.items():
             line = rows[(rows["weak"] == weak) & (rows["variant"] == variant)]
             line = line.assign(x=line["strong"].map(ceilings)).sort_values("x")
             if len(line):
-                ax.plot(line["x"], line["transfer_acc"], style, marker="o",
-                        color=colors(i / max(1, len(weak_models) - 1) * 0.85), label=f"weak {weak}, {variant}")
+                ax.plot(line["x"], line["transfer_acc"], style, marker="o", color=color, label=f"weak {weak}, {variant}")
     ax.set_xticks(ceilings.values, [f"{m}\n{a:.3f}" for m, a in ceilings.items()], rotation=30, fontsize=8)
     ax.set_xlabel("strong model (ground-truth ceiling accuracy)")
     ax.set_ylabel("test accuracy")
