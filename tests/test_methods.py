@@ -159,3 +159,12 @@ def test_lora_wraps_the_paper_ladders_architectures(family):
     assert len(adapted) >= 4 * config.num_hidden_layers  # attention and MLP projections in every layer
     ids = torch.randint(0, 100, (2, 5))
     assert classifier(ids, torch.ones_like(ids)).shape == (2, 2)
+
+
+def test_generative_finetuning_of_a_model_that_cannot_load_says_why(make_cfg, tiny_overrides, tmp_path):
+    from w2s_lightning.errors import ModelError
+
+    cfg = make_cfg(*tiny_overrides, "generative.enabled=true", f"strong.path={tmp_path / 'no-such-model'}")
+    with pytest.raises(ModelError, match="cannot load .*no-such-model"):
+        pipeline.run(cfg)
+    assert not [p for p in Path(cfg.paths.stage_dir).glob("generative-*") if p.is_dir()]  # nothing half-built

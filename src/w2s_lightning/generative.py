@@ -16,11 +16,11 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling, get_scheduler
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-from w2s_lightning import zoo
 from w2s_lightning.errors import TrainingError
-from w2s_lightning.models import load_tokenizer
+from w2s_lightning.models import load_pretrained, load_tokenizer
+from w2s_lightning.module import adamw_schedule
 
 # Texts the language model reads: the training pool only, never val or test.
 UNLABELED_SPLITS = ("train_a", "train_b")
@@ -46,10 +46,7 @@ class LanguageModelModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr)
-        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0,
-                                  num_training_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_schedule(self, self.lr)
 
 
 def finetune(
@@ -57,10 +54,8 @@ def finetune(
 ) -> None:
     """Train ``model_cfg``'s language-model objective on the pool's texts; save to ``out/model``."""
     tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
-    source = zoo.resolve(model_cfg.path, cfg.paths.zoo_dir)
     causal = is_causal(model_cfg)
-    model_class = AutoModelForCausalLM if causal else AutoModelForMaskedLM
-    model = model_class.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    model = load_pretrained(AutoModelForCausalLM if causal else AutoModelForMaskedLM, model_cfg, cfg.paths.zoo_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # after loading, as for the classifier stages
     texts = datasets.concatenate_datasets([splits[name] for name in UNLABELED_SPLITS]).select_columns(["text"])
     tokenized = texts.map(

@@ -87,17 +87,23 @@ def _load_error(model_cfg: DictConfig, source: str, err: Exception) -> ModelErro
     )
 
 
-def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None) -> Classifier:
-    """The backbone of ``model_cfg`` (zoo, local folder or hub) under a fresh head; with
-    ``finetune.name == 'lora'``, with LoRA adapters on the backbone."""
+def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str) -> nn.Module:
+    """``model_class.from_pretrained`` on ``model_cfg``'s weights (zoo, local folder or hub),
+    with its dtype and remote-code setting, and a clear error when they cannot be loaded."""
     source = zoo.resolve(model_cfg.path, zoo_dir)
     kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
     if model_cfg.get("dtype"):
         kwargs["dtype"] = getattr(torch, model_cfg.dtype)
     try:
-        backbone = AutoModel.from_pretrained(source, **kwargs)
+        return model_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
+
+
+def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None) -> Classifier:
+    """The backbone of ``model_cfg`` under a fresh head; with ``finetune.name == 'lora'``,
+    with LoRA adapters on the backbone."""
+    backbone = load_pretrained(AutoModel, model_cfg, zoo_dir)
     if model_cfg.get("gradient_checkpointing"):
         backbone.gradient_checkpointing_enable()
     if finetune is not None and finetune.name == "lora":

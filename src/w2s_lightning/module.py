@@ -79,11 +79,16 @@ class W2SModule(pl.LightningModule):
         return self(batch).softmax(dim=-1)[:, 1]
 
     def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]  # LoRA freezes the backbone
-        optimizer = torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches
-        scheduler = get_scheduler(
-            self.hparams.lr_scheduler, optimizer,
-            num_warmup_steps=int(self.hparams.warmup_frac * total), num_training_steps=total,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_schedule(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.lr_scheduler,
+                              self.hparams.warmup_frac)
+
+
+def adamw_schedule(module: pl.LightningModule, lr: float, weight_decay: float = 0.0, scheduler: str = "cosine",
+                   warmup_frac: float = 0.0) -> dict:
+    """AdamW over the trainable parameters (LoRA freezes the backbone) with a per-step
+    transformers schedule over the whole fit: Lightning's ``configure_optimizers`` answer."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    total = module.trainer.estimated_stepping_batches
+    schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=int(warmup_frac * total), num_training_steps=total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

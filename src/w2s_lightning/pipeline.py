@@ -196,11 +196,12 @@ class Experiment:
         folder, reused = self.cache.get_or_build(kind, spec, build)
         if reused:
             log.info("%s: reusing %s (%s) from the cache, not retraining: %s", role, model_cfg.name, kind, folder)
-        metrics_file = folder / "metrics.json"
+        # Classifier and feature stages hold predictions; a generative stage holds weights only.
+        metrics_file, predictions_file = folder / "metrics.json", folder / "predictions.safetensors"
         return Stage(
             role=role, model=model_cfg.name, key=folder.name, path=str(folder.resolve()), reused=reused,
             metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
-            predictions=load_file(str(folder / "predictions.safetensors")),
+            predictions=load_file(str(predictions_file)) if predictions_file.exists() else {},
         )
 
     def generative(self, model_cfg: DictConfig) -> Stage | None:
@@ -216,7 +217,6 @@ class Experiment:
             trainer, _ = self.trainer(model_cfg, self.cfg.generative.epochs, out, logger)
             with tracking.finished_when_done(logger):
                 generative.finetune(self.cfg, model_cfg, self.splits, trainer, out)
-            save_file({}, str(out / "predictions.safetensors"))
 
         return self._cached("generative", "generative", model_cfg, spec, build)
 
