@@ -46,7 +46,7 @@ class LanguageModelModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_schedule(self, self.lr)
+        return adamw_schedule(self, [p for p in self.parameters() if p.requires_grad], self.lr)
 
 
 def finetune(
@@ -55,8 +55,9 @@ def finetune(
     """Train ``model_cfg``'s language-model objective on the pool's texts; save to ``out/model``."""
     tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
     causal = is_causal(model_cfg)
-    model = load_pretrained(AutoModelForCausalLM if causal else AutoModelForMaskedLM, model_cfg, cfg.paths.zoo_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # after loading, as for the classifier stages
+    # Seeded: an encoder's MLM head is missing from the zoo's checkpoints and starts random.
+    model = load_pretrained(AutoModelForCausalLM if causal else AutoModelForMaskedLM, model_cfg, cfg.paths.zoo_dir,
+                            seed=cfg.seed, dropout=cfg.train.dropout)
     texts = datasets.concatenate_datasets([splits[name] for name in UNLABELED_SPLITS]).select_columns(["text"])
     tokenized = texts.map(
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=model_cfg.max_length),
@@ -64,7 +65,8 @@ def finetune(
     ).with_format("python")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=not causal,
                                                mlm_probability=cfg.generative.mlm_probability)
-    loader = DataLoader(tokenized, batch_size=model_cfg.minibatch_size, shuffle=True, collate_fn=collator)
+    loader = DataLoader(tokenized, batch_size=model_cfg.minibatch_size, shuffle=True, collate_fn=collator,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     module = LanguageModelModule(model, lr=cfg.generative.lr or model_cfg.lr)
     trainer.fit(module, train_dataloaders=loader)
     model.save_pretrained(out / "model")

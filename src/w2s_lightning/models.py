@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from w2s_lightning import zoo
 from w2s_lightning.errors import ConfigError, ModelError
@@ -87,25 +88,50 @@ def _load_error(model_cfg: DictConfig, source: str, err: Exception) -> ModelErro
     )
 
 
-def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str) -> nn.Module:
-    """``model_class.from_pretrained`` on ``model_cfg``'s weights (zoo, local folder or hub),
-    with its dtype and remote-code setting, and a clear error when they cannot be loaded."""
+def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
+    """``config`` with every dropout rate at 0 (``hidden_dropout_prob``, ``attention_dropout``,
+    GPT-2's ``*_pdrop``, ...). Dropout is switched off here rather than by putting the model in
+    eval mode, which would also switch off gradient checkpointing (transformers checkpoints
+    only in training mode)."""
+    for name, value in config.to_dict().items():
+        if isinstance(value, float) and ("dropout" in name or "pdrop" in name):
+            setattr(config, name, 0.0)
+    return config
+
+
+def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str, seed: int | None = None,
+                    dropout: bool = True) -> nn.Module:
+    """``model_class.from_pretrained`` on ``model_cfg``'s weights (zoo, local folder or hub), in
+    training mode, with a clear error when they cannot be loaded.
+
+    Weights load in ``model_cfg.dtype``, float32 when it is null, whatever dtype the checkpoint
+    declares: full fine-tuning needs fp32 master weights. ``seed`` seeds every random init the
+    load makes (heads the checkpoint lacks, such as an encoder's MLM head); it is set once the
+    zoo folder exists, so building the zoo on first use does not shift it."""
     source = zoo.resolve(model_cfg.path, zoo_dir)
-    kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
-    if model_cfg.get("dtype"):
-        kwargs["dtype"] = getattr(torch, model_cfg.dtype)
+    trust_remote_code = bool(model_cfg.get("trust_remote_code", False))
     try:
-        return model_class.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        if seed is not None:
+            pl.seed_everything(seed, workers=True, verbose=False)
+        model = model_class.from_pretrained(
+            source, config=config if dropout else without_dropout(config), trust_remote_code=trust_remote_code,
+            dtype=getattr(torch, model_cfg.get("dtype") or "float32"),
+        )
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
+    # from_pretrained returns eval mode, and Lightning keeps each submodule's mode through a fit:
+    # only in training mode does gradient checkpointing run (dropout is off through the config).
+    return model.train()
 
 
-def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None) -> Classifier:
+def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None,
+                    seed: int | None = None, dropout: bool = True) -> Classifier:
     """The backbone of ``model_cfg`` under a fresh head; with ``finetune.name == 'lora'``,
-    with LoRA adapters on the backbone."""
-    backbone = load_pretrained(AutoModel, model_cfg, zoo_dir)
+    with LoRA adapters on the backbone. ``seed`` fixes the adapters' random init."""
+    backbone = load_pretrained(AutoModel, model_cfg, zoo_dir, seed=seed, dropout=dropout)
     if model_cfg.get("gradient_checkpointing"):
-        backbone.gradient_checkpointing_enable()
+        backbone.activation_checkpointing_enable()
     if finetune is not None and finetune.name == "lora":
         backbone = add_lora(backbone, finetune)
     return Classifier(backbone, model_cfg.pooling)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -12,9 +11,6 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import get_scheduler
 
 from w2s_lightning.errors import TrainingError
-
-# The backbone is put in eval mode on purpose (no dropout, see on_train_epoch_start).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -29,10 +25,10 @@ class W2SModule(pl.LightningModule):
         classifier: torch.nn.Module,
         loss: Loss,
         lr: float,
+        head_lr: float | None = None,
         weight_decay: float = 0.0,
         lr_scheduler: str = "cosine",
         warmup_frac: float = 0.0,
-        dropout: bool = False,
         stage: str = "train",
     ):
         super().__init__()
@@ -46,11 +42,6 @@ class W2SModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits from the model inputs in ``batch`` (token ids and mask, or probe features)."""
         return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label")})
-
-    def on_train_epoch_start(self) -> None:
-        if not self.hparams.dropout:
-            # Like the reference: no dropout while fine-tuning, for determinism.
-            self.classifier.eval()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
@@ -79,16 +70,19 @@ class W2SModule(pl.LightningModule):
         return self(batch).softmax(dim=-1)[:, 1]
 
     def configure_optimizers(self):
-        return adamw_schedule(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.lr_scheduler,
-                              self.hparams.warmup_frac)
+        head = [p for p in self.classifier.head.parameters() if p.requires_grad]
+        head_ids = {id(p) for p in head}
+        body = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": body}, {"params": head, "lr": self.hparams.head_lr or self.hparams.lr}]
+        return adamw_schedule(self, [g for g in groups if g["params"]], self.hparams.lr, self.hparams.weight_decay,
+                              self.hparams.lr_scheduler, self.hparams.warmup_frac)
 
 
-def adamw_schedule(module: pl.LightningModule, lr: float, weight_decay: float = 0.0, scheduler: str = "cosine",
-                   warmup_frac: float = 0.0) -> dict:
-    """AdamW over the trainable parameters (LoRA freezes the backbone) with a per-step
+def adamw_schedule(module: pl.LightningModule, params, lr: float, weight_decay: float = 0.0,
+                   scheduler: str = "cosine", warmup_frac: float = 0.0) -> dict:
+    """AdamW over ``params`` (parameters or groups with their own ``lr``) with a per-step
     transformers schedule over the whole fit: Lightning's ``configure_optimizers`` answer."""
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = module.trainer.estimated_stepping_batches
     schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=int(warmup_frac * total), num_training_steps=total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
