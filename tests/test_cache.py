@@ -68,8 +68,8 @@ def test_stage_spec_changes_with_what_changes_results_only(make_cfg):
         return content_key(stage_spec(cfg, data, model or cfg.strong, **parts))
 
     assert key(base) == key(make_cfg("logger.mode=offline", "trainer.log_every_n_steps=1"))
-    for change in ("seed=1", "task.n_train=1000", "strong.lr=1e-5", "train.epochs=3", "trainer.precision=32-true",
-                   "train.select=weak_val", "finetune=lora", "finetune=probe"):
+    for change in ("seed=1", "task.n_train=1000", "strong.lr=1e-5", "train.epochs=3", "trainer.precision=16-mixed",
+                   "finetune=lora", "finetune=probe"):
         assert key(make_cfg(change)) != key(base), change
     assert key(base, base.loss) != key(make_cfg("loss=aux_conf"), make_cfg("loss=aux_conf").loss)
     assert key(base, labels="gt-aaa") != key(base, labels="gt-bbb")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from w2s_lightning.metrics import agreement, evaluate, pgr
+from w2s_lightning.metrics import agreement, evaluate, gap_noise, pgr, pgr_status
 
 
 def test_pgr_regular_and_out_of_range():
@@ -39,3 +39,15 @@ def test_agreement_overall_and_where_the_supervisor_is_wrong():
     assert scores == {"agreement": pytest.approx(0.75), "agreement_where_supervisor_wrong": pytest.approx(0.5)}
     perfect = agreement(student, labels.float(), labels)
     assert math.isnan(perfect["agreement_where_supervisor_wrong"])
+
+
+def test_margin_is_the_mean_distance_from_a_coin_flip():
+    assert evaluate(torch.tensor([0.9, 0.2, 0.5, 0.4]), torch.tensor([1, 0, 0, 1]))["margin"] == pytest.approx(0.2)
+
+
+def test_gap_noise_is_two_standard_errors_of_a_difference_of_accuracies():
+    # sqrt((0.7 * 0.3 + 0.8 * 0.2) / 1000) = sqrt(0.00037) = 0.01924
+    assert gap_noise(0.7, 0.8, 1000) == pytest.approx(2 * 0.019235, abs=1e-5)
+    assert pgr_status(0.70, 0.80, 1000) == "ok"
+    assert pgr_status(0.70, 0.73, 1000) == "gap within noise"  # 3 points < 3.8 points of noise
+    assert pgr_status(0.70, 0.70, 1000) == "ceiling <= weak"

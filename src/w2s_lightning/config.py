@@ -32,6 +32,14 @@ def cpu_precision() -> str:
     return "bf16-mixed" if ("amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo) else "32-true"
 
 
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (False outside a Hydra app)."""
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 def sweep_name() -> str:
     """The W&B group of this job: ``sweep-<multirun folder>`` for every job of a multirun,
     ``run-<run folder>`` for a single run, ``interactive`` outside a Hydra app."""

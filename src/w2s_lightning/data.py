@@ -7,8 +7,33 @@ import datasets
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
+
+
+class ShuffledBuckets(Sampler[list[int]]):
+    """Micro-batches of rows of similar length, in a random order: little padding, and the
+    randomness a sweep over seeds needs. Each epoch shuffles the rows, cuts them into buckets
+    of ``buckets`` micro-batches, sorts each bucket by length, cuts it into micro-batches and
+    shuffles those."""
+
+    def __init__(self, lengths: list[int], minibatch_size: int, buckets: int, generator: torch.Generator):
+        self.lengths, self.minibatch_size, self.buckets, self.generator = lengths, minibatch_size, buckets, generator
+
+    def __len__(self) -> int:
+        size = self.minibatch_size * self.buckets
+        full, rest = divmod(len(self.lengths), size)
+        return full * self.buckets + -(-rest // self.minibatch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        size = self.minibatch_size * self.buckets
+        batches = []
+        for start in range(0, len(order), size):
+            bucket = sorted(order[start:start + size], key=self.lengths.__getitem__)
+            batches += [bucket[i:i + self.minibatch_size] for i in range(0, len(bucket), self.minibatch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
 
 
 class TaskDataModule(pl.LightningDataModule):
@@ -29,8 +54,12 @@ class TaskDataModule(pl.LightningDataModule):
         minibatch_size: int,
         eval_batch_size: int,
         targets: dict[str, np.ndarray] | None = None,
+        seed: int = 0,
+        length_buckets: int | None = None,
     ):
         super().__init__()
+        self.seed = seed
+        self.length_buckets = length_buckets
         self.splits = splits
         self.tokenizer = tokenizer
         self.train_split = train_split
@@ -76,17 +105,41 @@ class TaskDataModule(pl.LightningDataModule):
             "label": torch.tensor([r["label"] for r in rows], dtype=torch.long),
         }
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(self.prepared[name], batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate)
+    def lengths(self, name: str) -> list[int]:
+        return [len(ids) for ids in self.prepared[name]["input_ids"]]
+
+    def by_length(self, name: str) -> list[int]:
+        """The rows of ``name``, longest first: evaluation batches with little padding (and the
+        largest batch up front, so a batch too big for memory fails at once)."""
+        lengths = self.lengths(name)
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def in_row_order(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Undo ``by_length``: predictions of ``name``'s loader, back in the split's row order."""
+        restored = torch.empty_like(values)
+        restored[self.by_length(name)] = values
+        return restored
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        return DataLoader(self.prepared[name], batch_size=self.eval_batch_size, sampler=self.by_length(name),
+                          collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_split, self.minibatch_size, shuffle=True)
+        # The training order has a generator of its own: validation and prediction loaders
+        # draw from torch's global one, and must not change the order (nor the result).
+        generator = torch.Generator().manual_seed(self.seed)
+        rows = self.prepared[self.train_split]
+        if self.length_buckets:
+            sampler = ShuffledBuckets(self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator)
+            return DataLoader(rows, batch_sampler=sampler, collate_fn=self.collate)
+        return DataLoader(rows, batch_size=self.minibatch_size, shuffle=True, collate_fn=self.collate,
+                          generator=generator)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader("val", self.eval_batch_size, False)] if len(self.splits["val"]) else []
+        return [self._eval_loader("val")] if len(self.splits["val"]) else []
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name, self.eval_batch_size, False) for name in self.predict_splits]
+        return [self._eval_loader(name) for name in self.predict_splits]
 
 
 class FeatureDataModule(TaskDataModule):
@@ -106,6 +159,9 @@ class FeatureDataModule(TaskDataModule):
                 {"features": f, "target": float(t), "label": int(y)}
                 for f, t, y in zip(self.features[name], targets, labels)
             ]
+
+    def lengths(self, name: str) -> list[int]:
+        return [1] * len(self.prepared[name])  # features have no length: row order is kept
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         return {"features": torch.stack([r["features"] for r in rows]), **self._labels(rows)}

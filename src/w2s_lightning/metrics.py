@@ -10,14 +10,17 @@ from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 
 def evaluate(p1: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, AUROC and expected calibration error of soft predictions P(label=1)
-    against 0/1 labels. ECE is the usual top-label one (15 bins of the confidence in the
-    predicted class), not the reliability of P(label=1) alone."""
+    """Accuracy, AUROC, expected calibration error and mean margin of soft predictions
+    P(label=1) against 0/1 labels. ECE is the usual top-label one (15 bins of the confidence
+    in the predicted class), not the reliability of P(label=1) alone. The margin, the mean
+    |p - 0.5|, says how far from a coin flip the predictions sit: near 0, a stage barely
+    moved from its zero-initialised head, whatever its accuracy."""
     labels = labels.long()
     return {
         "acc": binary_accuracy(p1, labels).item(),
         "auroc": binary_auroc(p1, labels).item() if 0 < labels.sum() < len(labels) else float("nan"),
         "ece": multiclass_calibration_error(torch.stack([1 - p1, p1], dim=1), labels, num_classes=2, n_bins=15).item(),
+        "margin": (p1 - 0.5).abs().mean().item(),
     }
 
 
@@ -31,6 +34,21 @@ def agreement(student_p1: torch.Tensor, supervisor_p1: torch.Tensor, labels: tor
         "agreement": same.mean().item(),
         "agreement_where_supervisor_wrong": same[wrong].mean().item() if wrong.any() else float("nan"),
     }
+
+
+def gap_noise(weak: float, ceiling: float, n_test: int) -> float:
+    """Two standard errors of the difference of two accuracies measured on ``n_test`` examples
+    each (treated as independent, which overstates the noise a little for a shared test set).
+    A ceiling - weak gap within it cannot be told from zero, and PGR divides by it."""
+    return 2 * math.sqrt((weak * (1 - weak) + ceiling * (1 - ceiling)) / n_test) if n_test else math.inf
+
+
+def pgr_status(weak: float, ceiling: float, n_test: int) -> str:
+    """Whether PGR over this pair means something: ``ok``, ``ceiling <= weak`` (undefined) or
+    ``gap within noise`` (defined, but it divides by a gap the test set cannot resolve)."""
+    if not ceiling > weak:
+        return "ceiling <= weak"
+    return "gap within noise" if ceiling - weak <= gap_noise(weak, ceiling, n_test) else "ok"
 
 
 def pgr(weak: float, transfer: float, ceiling: float) -> float:

@@ -25,22 +25,28 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from w2s_lightning import generative, tasks, tracking
+from w2s_lightning import config, generative, tasks, tracking
 from w2s_lightning.cache import StageCache
 from w2s_lightning.data import FeatureDataModule, TaskDataModule
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.losses import XentLoss
-from w2s_lightning.metrics import agreement, evaluate, pgr
+from w2s_lightning.metrics import agreement, evaluate, gap_noise, pgr, pgr_status
 from w2s_lightning.models import LinearProbe, check_pooling, load_classifier, load_tokenizer
 from w2s_lightning.module import W2SModule
 
 log = logging.getLogger(__name__)
 
 # Bump when the artifacts of a stage change meaning, so old cache entries are not reused.
-STAGE_FORMAT = 2
+STAGE_FORMAT = 3
 GROUND_TRUTH = "ground_truth"
 # What train.select monitors on the validation split (None: keep the last weights).
 SELECTION_MONITORS = {"last": None, "weak_val": "val/supervisor_acc", "oracle_val": "val/acc"}
+# train.* keys that only a student (a stage trained on a supervisor's labels) uses: model
+# selection is a weak-to-strong method, so the weak model and the ceiling always train as
+# in the baseline, and PGRs of every method share their end points.
+STUDENT_ONLY_TRAIN_KEYS = ("select", "val_every", "early_stopping_patience")
+# Trainer settings that change only what is shown, never a stage's result: left out of its key.
+DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 
 
 @dataclass
@@ -72,6 +78,16 @@ def check_config(cfg: DictConfig) -> None:
     for model_cfg in (cfg.weak, cfg.strong, *cfg.chain.rungs.values()):
         _accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
+        fully_trained = cfg.finetune.name == "full" or (cfg.generative.enabled and model_cfg is cfg.strong)
+        if model_cfg.get("dtype") not in (None, "float32") and fully_trained:
+            # AdamW steps of lr 1e-5 are below bf16's resolution for most weights (and every
+            # LayerNorm near 1.0): pure half-precision training leaves them where they were.
+            raise ConfigError(
+                f"model '{model_cfg.name}' loads in dtype={model_cfg.dtype}, but full fine-tuning needs float32 "
+                "master weights (bf16 weights swallow small AdamW updates). Set dtype=null for it (float32 "
+                "weights, with trainer.precision=bf16-mixed for speed), or use finetune=lora or finetune=probe, "
+                "whose frozen backbone may stay in half precision."
+            )
     if cfg.train.select not in SELECTION_MONITORS:
         raise ConfigError(f"train.select={cfg.train.select} is unknown; use one of {sorted(SELECTION_MONITORS)}.")
     if cfg.train.select != "last" and cfg.task.n_val <= 0:
@@ -91,8 +107,12 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def skip_reason(cfg: DictConfig) -> str | None:
-    """Why a ladder sweep skips this (weak, strong) pair, or None when it runs."""
+def skip_reason(cfg: DictConfig, sweep: bool = True) -> str | None:
+    """Why a ladder sweep skips this (weak, strong) pair, or None when it runs. Outside a
+    sweep, naming two families is itself the request to pair them."""
+    if sweep and cfg.weak.family != cfg.strong.family and not cfg.ladder.cross_family:
+        return (f"{cfg.weak.name} ({cfg.weak.family}) and {cfg.strong.name} ({cfg.strong.family}) are of different "
+                "families, and ladders run within one family as the paper's do; set ladder.cross_family=true to run it")
     weak, strong = float(cfg.weak.params), float(cfg.strong.params)
     sizes = f"{cfg.weak.name} has {weak:.3g} parameters, {cfg.strong.name} {strong:.3g}"
     if weak > strong and not cfg.ladder.weak_larger:
@@ -113,14 +133,16 @@ def method_name(cfg: DictConfig) -> str:
 
 def stage_spec(cfg: DictConfig, data_key: str, model_cfg: DictConfig, **parts) -> dict:
     """Everything that changes a stage's result, and nothing that does not (logging, paths):
-    the formatted rows' fingerprint, task, seed, model, precision, plus the stage's ``parts``."""
+    the formatted rows' fingerprint, task, seed, model, the Trainer's settings (precision,
+    max_steps, limit_train_batches, gradient clipping, devices, ...), plus the stage's ``parts``."""
+    trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in DISPLAY_ONLY_TRAINER_KEYS}
     return {
         "format": STAGE_FORMAT,
         "task": _plain(cfg.task),
         "data": data_key,
         "seed": cfg.seed,
         "model": _plain(model_cfg),
-        "precision": str(cfg.trainer.precision),
+        "trainer": trainer,
         **parts,
     }
 
@@ -128,9 +150,13 @@ def stage_spec(cfg: DictConfig, data_key: str, model_cfg: DictConfig, **parts) -
 def classifier_parts(cfg: DictConfig, loss_cfg: DictConfig | None, labels_key: str, train_split: str,
                      predicts: list[str], init_key: str | None) -> dict:
     """The parts of a classifier stage's spec beyond ``stage_spec``'s: recipe, what trains,
-    loss, whose labels on which rows, what it predicts, and the weights it starts from."""
+    loss, whose labels on which rows, what it predicts, and the weights it starts from. A stage
+    trained on ground truth ignores the student-only keys of ``train``."""
+    train = _plain(cfg.train)
+    if labels_key == GROUND_TRUTH:
+        train = {k: v for k, v in train.items() if k not in STUDENT_ONLY_TRAIN_KEYS}
     return {
-        "train": _plain(cfg.train), "finetune": _plain(cfg.finetune),
+        "train": train, "finetune": _plain(cfg.finetune),
         "loss": _plain(loss_cfg) if loss_cfg is not None else "xent", "labels": labels_key,
         "train_split": train_split, "predicts": predicts, "init": init_key,
     }
@@ -153,8 +179,9 @@ class Experiment:
 
     def trainer(self, model_cfg: DictConfig, epochs: int, out: Path, logger, select: bool = False,
                 ) -> tuple[pl.Trainer, str | None]:
-        """A Trainer from ``conf/trainer``; with ``select``, it keeps the checkpoint that
-        ``train.select`` prefers (and stops early if asked), and returns what it monitors."""
+        """A Trainer from ``conf/trainer``; with ``select`` (students only), it keeps the
+        checkpoint that ``train.select`` prefers (and stops early if asked), and returns what it
+        monitors."""
         monitor = SELECTION_MONITORS[self.cfg.train.select] if select else None
         callbacks = []
         if monitor:
@@ -178,7 +205,8 @@ class Experiment:
             return FeatureDataModule(self.splits, self.features_of(features), train_split=train_split,
                                      predict_splits=predict_splits, targets=targets, **sizes)
         return TaskDataModule(self.splits, load_tokenizer(model_cfg, self.cfg.paths.zoo_dir), train_split,
-                              predict_splits, max_length=model_cfg.max_length, targets=targets, **sizes)
+                              predict_splits, max_length=model_cfg.max_length, targets=targets, seed=self.cfg.seed,
+                              length_buckets=self.cfg.train.length_buckets, **sizes)
 
     def features_of(self, features: Stage) -> dict[str, torch.Tensor]:
         by_split = dict(features.predictions)
@@ -229,12 +257,12 @@ class Experiment:
 
         def build(out: Path) -> None:
             log.info("features: computing %s's frozen features of every split", model_cfg.name)
-            classifier = load_classifier(self.weights(model_cfg, init), self.cfg.paths.zoo_dir)
+            classifier = load_classifier(self.weights(model_cfg, init), self.cfg.paths.zoo_dir, dropout=False)
             names = ["train_a", "train_b", "val", "test"]
             datamodule = self.datamodule(model_cfg, "train_a", names, {}, None)
             trainer, _ = self.trainer(model_cfg, 1, out, False)
             outputs = trainer.predict(FeatureModule(classifier), datamodule=datamodule)
-            save_file({n: torch.cat(b).float().contiguous() for n, b in zip(names, outputs)},
+            save_file({n: datamodule.in_row_order(n, torch.cat(b).float()).contiguous() for n, b in zip(names, outputs)},
                       str(out / "predictions.safetensors"))
 
         return self._cached("features", "features", model_cfg, spec, build)
@@ -244,10 +272,12 @@ class Experiment:
               produces_labels: bool = True) -> Stage:
         """Train (or reuse) one classifier. Without ``labels`` it trains on the ground truth of
         half A; with ``labels``, on that supervisor's soft labels of half B (or of a part of
-        it, ``train_split``), and it validates against the supervisor's labels of ``val``. A
-        stage that ``produces_labels`` also predicts ``train_b`` and ``val`` for the next one."""
+        it, ``train_split``), and it validates against the supervisor's labels of ``val``. Every
+        stage predicts ``val`` and ``test``; one that ``produces_labels`` also predicts ``train_b``
+        for the next one."""
         train_split = train_split or ("train_b" if labels else "train_a")
-        predict_splits = ["train_b", "val", "test"] if produces_labels else ["test"]
+        predict_splits = [name for name in (["train_b"] if produces_labels else []) + ["val", "test"]
+                          if len(self.splits[name])]  # task.n_val=0 leaves val empty
         features = self.features(model_cfg, init)
         spec = self.spec(model_cfg, **classifier_parts(
             self.cfg, loss_cfg, labels.key if labels else GROUND_TRUTH, train_split, predict_splits,
@@ -260,7 +290,8 @@ class Experiment:
             if features is not None:
                 classifier = LinearProbe(features.predictions["train_a"].shape[1])
             else:
-                classifier = load_classifier(self.weights(model_cfg, init), self.cfg.paths.zoo_dir, self.cfg.finetune)
+                classifier = load_classifier(self.weights(model_cfg, init), self.cfg.paths.zoo_dir, self.cfg.finetune,
+                                             seed=self.cfg.seed, dropout=self.cfg.train.dropout)
             datamodule = self.datamodule(model_cfg, train_split, predict_splits, targets, features)
             self._fit_and_predict(role, model_cfg, classifier, loss, datamodule, predict_splits, labels, out)
 
@@ -273,30 +304,35 @@ class Experiment:
         started = time.time()
         cfg = self.cfg
         module = W2SModule(
-            classifier, loss, lr=cfg.finetune.lr or model_cfg.lr, weight_decay=cfg.train.weight_decay,
-            lr_scheduler=cfg.train.lr_scheduler, warmup_frac=cfg.train.warmup_frac, dropout=cfg.train.dropout,
-            stage=role,
+            classifier, loss, lr=cfg.finetune.lr or model_cfg.lr, head_lr=cfg.train.head_lr,
+            weight_decay=cfg.train.weight_decay, lr_scheduler=cfg.train.lr_scheduler,
+            warmup_frac=cfg.train.warmup_frac, stage=role,
         )
-        # Seed after loading: building a zoo model on first use draws random numbers, and the
-        # shuffling order must not depend on whether the zoo was already built.
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
         logger = tracking.stage_logger(cfg, role, model_cfg.name)
-        trainer, monitor = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger, select=True)
+        trainer, monitor = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger,
+                                        select=labels is not None)
         with tracking.finished_when_done(logger):
             trainer.fit(module, datamodule=datamodule)
             train_seconds = time.time() - started
             best = trainer.checkpoint_callback.best_model_path if monitor else None
             outputs = trainer.predict(module, datamodule=datamodule, ckpt_path=best or None)
-            if len(predict_splits) == 1:
+            if len(predict_splits) == 1:  # Lightning unnests a single loader's batches
                 outputs = [outputs]
-            predictions = {name: torch.cat(batches).float() for name, batches in zip(predict_splits, outputs)}
-            test_labels = torch.tensor(self.splits["test"]["label"])
-            metrics = evaluate(predictions["test"], test_labels)
+            predictions = {name: datamodule.in_row_order(name, torch.cat(batches).float())
+                           for name, batches in zip(predict_splits, outputs)}
+            ground_truth = {name: torch.tensor(self.splits[name]["label"]) for name in predict_splits}
+            metrics = evaluate(predictions["test"], ground_truth["test"])
+            # Calibration where a researcher may look without touching test: on val, and, for a
+            # stage that supervises another, on the labels it hands on (half B).
+            for prefix, name in (("val", "val"), ("label", "train_b")):
+                if name in predictions:
+                    metrics.update({f"{prefix}_{k}": v for k, v in evaluate(predictions[name], ground_truth[name]).items()})
             if labels:
-                metrics.update(agreement(predictions["test"], labels.predictions["test"], test_labels))
+                metrics.update(agreement(predictions["test"], labels.predictions["test"], ground_truth["test"]))
             metrics.update(
                 train_seconds=train_seconds, total_seconds=time.time() - started,
-                n_train=len(datamodule.splits[datamodule.train_split]), selection=cfg.train.select,
+                n_train=len(datamodule.splits[datamodule.train_split]),
+                selection=cfg.train.select if monitor else "last",
                 selected_step=int(Path(best).stem.split("step=")[1]) if best else trainer.global_step,
             )
             if logger:
@@ -311,7 +347,8 @@ class Experiment:
         rows = self.parts.get(train_split, range(len(self.splits["train_b"])))
         if train_split != "train_b" and train_split not in self.parts:
             raise ValueError(f"labels come from half B; {train_split} is not half B or a part of it")
-        return {train_split: labels.predictions["train_b"][rows.start:rows.stop], "val": labels.predictions["val"]}
+        return {train_split: labels.predictions["train_b"][rows.start:rows.stop],
+                "val": labels.predictions.get("val", torch.empty(0))}
 
     def bootstrap(self, weak: Stage, init: Stage | None) -> list[Stage]:
         """weak -> rung 1 -> ... -> strong. Half B is cut into one disjoint part per step, so
@@ -350,7 +387,7 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     check_config(cfg)
-    reason = skip_reason(cfg)
+    reason = skip_reason(cfg, sweep=config.in_multirun())
     if reason:
         # A ladder sweep is the product weak x strong: the pairs it does not study are
         # recorded (the report counts them) and left untrained.
@@ -383,6 +420,10 @@ def run(cfg: DictConfig) -> dict:
         "stages": stages,
         "pgr": pgr(weak.metrics["acc"], transfer.metrics["acc"], ceiling.metrics["acc"]),
         "pgr_auroc": pgr(weak.metrics["auroc"], transfer.metrics["auroc"], ceiling.metrics["auroc"]),
+        # PGR divides by this gap: "gap within noise" flags one the test set cannot resolve.
+        "gap": ceiling.metrics["acc"] - weak.metrics["acc"],
+        "gap_noise": gap_noise(weak.metrics["acc"], ceiling.metrics["acc"], len(experiment.splits["test"])),
+        "pgr_status": pgr_status(weak.metrics["acc"], ceiling.metrics["acc"], len(experiment.splits["test"])),
         "generative": init.key if init else None,
         "class_balance": tasks.class_balance(experiment.splits),
         "wall_seconds": time.time() - started,
@@ -393,8 +434,10 @@ def run(cfg: DictConfig) -> dict:
     results["pgr_defined"] = not math.isnan(results["pgr"])
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     tracking.log_summary(cfg, {  # also what `report.wandb_group=...` reads back
-        **{f"{role}/{k}": stages[role][k] for role in stages for k in ("acc", "auroc", "ece", "key", "reused")},
-        **{k: results[k] for k in ("pgr", "pgr_auroc", "pgr_defined", "method") + (("pgr_bootstrap",) if chain else ())},
+        **{f"{role}/{k}": stages[role][k] for role in stages
+           for k in ("acc", "auroc", "ece", "val_ece", "val_margin", "key", "reused") if k in stages[role]},
+        **{k: results[k] for k in ("pgr", "pgr_auroc", "pgr_defined", "pgr_status", "gap", "gap_noise", "n_test", "method")
+           + (("pgr_bootstrap",) if chain else ())},
     })
     print(summary(results, output_dir / "results.json"))
     return results
@@ -406,21 +449,30 @@ def summary(results: dict, path: os.PathLike) -> str:
         f"\n{results['task']}: {results['weak_model']} -> {results['strong_model']}, "
         f"loss={results['loss']}, {results.get('method', 'baseline')}, seed={results['seed']}, "
         f"{results['n_test']} test examples",
-        f"  {'stage':<10}{'model':<16}{'test acc':>10}{'AUROC':>8}{'ECE':>7}{'agree':>7}  how",
+        f"  {'stage':<10}{'model':<16}{'test acc':>10}{'AUROC':>8}{'ECE':>7}{'agree':>7}"
+        f"{'val ECE':>9}{'margin':>8}  how",
     ]
+    nan = float("nan")
     roles = ["weak", "transfer", *[r for r in results["stages"] if r.startswith("rung")], "bootstrap", "ceiling"]
     for role in [r for r in roles if r in results["stages"]]:
         s = results["stages"][role]
         how = "reused from cache" if s["reused"] else f"trained in {s['total_seconds']:.0f}s"
         agree = f"{100 * s['agreement']:>6.1f}%" if "agreement" in s else f"{'':>7}"
         lines.append(f"  {role:<10}{s['model']:<16}{100 * s['acc']:>9.1f}%{s['auroc']:>8.3f}"
-                     f"{s.get('ece', float('nan')):>7.3f}{agree}  {how}")
+                     f"{s['ece']:>7.3f}{agree}{s.get('val_ece', nan):>9.3f}{s.get('val_margin', nan):>8.3f}  {how}")
+        if "label_ece" in s and role == "weak":
+            lines.append(f"  {'':<10}{'its labels of half B:':<26} accuracy {100 * s['label_acc']:.1f}%, "
+                         f"ECE {s['label_ece']:.3f}, margin {s['label_margin']:.3f}")
     if results["pgr_defined"]:
         line = f"  PGR (accuracy) = {results['pgr']:.3f}   PGR (AUROC) = {results['pgr_auroc']:.3f}"
         if "pgr_bootstrap" in results:
             line += f"   PGR (bootstrapped) = {results['pgr_bootstrap']:.3f}"
         lines.append(line)
+        if results["pgr_status"] == "gap within noise":
+            lines.append(f"  ...but the ceiling - weak gap ({100 * results['gap']:.1f} points) is within the test noise "
+                         f"(2 standard errors: {100 * results['gap_noise']:.1f} points): this PGR carries no signal")
     else:
         lines.append("  PGR undefined: the ceiling does not beat the weak model (reported as NaN)")
+    lines.append("  (ECE and AUROC on test; val ECE and margin = mean |p - 0.5| on the validation split)")
     lines.append(f"  wall time {results['wall_seconds']:.0f}s; results in {path}")
     return "\n".join(lines)

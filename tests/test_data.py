@@ -1,0 +1,41 @@
+"""Batching: length buckets that keep the order random, and predictions back in row order."""
+
+import torch
+
+from w2s_lightning.data import ShuffledBuckets, TaskDataModule
+
+
+def padded(batches, lengths) -> int:
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_shuffled_buckets_cover_every_row_once_with_less_padding():
+    lengths = torch.randint(1, 80, (203,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = ShuffledBuckets(lengths, minibatch_size=16, buckets=4, generator=torch.Generator().manual_seed(0))
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 13  # 3 buckets of 64 rows in 4 batches, 11 rows left in one
+    for epoch in (first, second):
+        assert sorted(i for batch in epoch for i in batch) == list(range(203))
+        assert all(len(batch) <= 16 for batch in epoch)
+    assert first != second  # a new order every epoch
+    plain = torch.randperm(203, generator=torch.Generator().manual_seed(0)).split(16)
+    assert padded(first, lengths) < 0.8 * padded([b.tolist() for b in plain], lengths)
+    other_seed = list(ShuffledBuckets(lengths, 16, 4, torch.Generator().manual_seed(1)))
+    assert other_seed != first
+
+
+class Lengths(TaskDataModule):
+    """A datamodule whose rows have the given token lengths (nothing to tokenise)."""
+
+    def __init__(self, lengths):
+        super().__init__(splits=None, tokenizer=None, train_split="test", predict_splits=["test"], max_length=0,
+                         minibatch_size=2, eval_batch_size=2)
+        self.prepared = {"test": {"input_ids": [[0] * n for n in lengths]}}
+
+
+def test_predictions_come_back_in_row_order():
+    datamodule = Lengths([3, 9, 1, 5])
+    assert datamodule.by_length("test") == [1, 3, 0, 2]  # longest first
+    # The loader's predictions for rows 1, 3, 0, 2 (each row's prediction is its own index here).
+    predicted = torch.tensor([1.0, 3.0, 0.0, 2.0])
+    assert datamodule.in_row_order("test", predicted).tolist() == [0.0, 1.0, 2.0, 3.0]
