@@ -12,17 +12,27 @@ from w2s_lightning.errors import ConfigError
 PARAMS = {"small": 1e6, "mid": 2e6, "big": 3e6}
 
 
-def result(weak, strong, accs, seed=0, loss="xent", task="sst2"):
+def result(weak, strong, accs, seed=0, loss="xent", task="sst2", n_test=10_000, **settings):
+    """A results.json as the pipeline writes it; ``settings`` go into its config (``train__epochs=3``
+    becomes train.epochs)."""
     weak_acc, transfer_acc, ceiling_acc = accs
+    config = {"weak": {"params": PARAMS[weak], "name": weak}, "strong": {"params": PARAMS[strong], "name": strong},
+              "seed": seed, "loss": {"name": loss}, "paths": {"output_dir": f"out/{weak}-{strong}-{loss}-{seed}"}}
+    for key, value in settings.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     return {
-        "task": task, "loss": loss, "seed": seed, "weak_model": weak, "strong_model": strong,
+        "task": task, "loss": loss, "seed": seed, "weak_model": weak, "strong_model": strong, "n_test": n_test,
         "stages": {
             "weak": {"acc": weak_acc, "auroc": weak_acc, "key": f"gt-{task}-{weak}-{seed}", "reused": False},
             "transfer": {"acc": transfer_acc, "auroc": transfer_acc, "key": f"tr-{weak}-{strong}-{loss}-{seed}",
                          "reused": False},
             "ceiling": {"acc": ceiling_acc, "auroc": ceiling_acc, "key": f"gt-{task}-{strong}-{seed}", "reused": True},
         },
-        "config": {"weak": {"params": PARAMS[weak]}, "strong": {"params": PARAMS[strong]}},
+        "config": config,
     }
 
 
@@ -115,3 +125,57 @@ def test_bootstrapped_runs_show_every_rung_beside_the_direct_transfer():
     assert row["pgr"] == pytest.approx((0.7 - 0.6) / (0.9 - 0.6))  # the direct transfer, beside it
     assert summary.set_index("method").loc["chain=mid", "median_pgr_bootstrap"] == pytest.approx(0.7)
     assert math.isnan(summary.set_index("method").loc["baseline", "median_pgr_bootstrap"])
+
+
+def test_a_swept_setting_becomes_a_column_and_its_values_are_not_pooled_as_seeds():
+    """loss.fn.aux_coef swept over two values, three seeds each: two rows of three seeds."""
+    results = [result("small", "big", (0.6, 0.6 + 0.3 * pgr, 0.9), seed=seed, loss="aux_conf", loss__fn__aux_coef=coef)
+               for coef, pgrs in ((0.5, (0.2, 0.3, 0.4)), (0.75, (0.6, 0.7, 0.8))) for seed, pgr in enumerate(pgrs)]
+    pairs, summary = report.tables(results)
+    assert "loss.fn.aux_coef" in summary.columns and "loss.fn.aux_coef" in pairs.columns
+    assert "seed" not in summary.columns and "paths.output_dir" not in summary.columns  # seeds, not variants
+    rows = summary.set_index("loss.fn.aux_coef")
+    assert list(rows["seeds"]) == [3, 3]
+    assert rows.loc["0.5", "median_pgr"] == pytest.approx(0.3) and rows.loc["0.75", "median_pgr"] == pytest.approx(0.7)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n) with three seeds
+    assert rows.loc["0.5", "pgr_high"] - rows.loc["0.5", "median_pgr"] == pytest.approx(half)
+    assert list(pairs["seeds"]) == [3, 3]
+
+
+def test_settings_that_follow_the_pair_are_no_variants():
+    """The models' own settings differ between pairs, but never inside one: no extra column."""
+    results = [result("small", "mid", (0.6, 0.7, 0.8), weak__lr=1e-4, strong__lr=5e-5),
+               result("mid", "big", (0.7, 0.8, 0.9), weak__lr=5e-5, strong__lr=1e-5)]
+    pairs, summary = report.tables(results)
+    assert not [c for c in pairs.columns if "." in c] and len(summary) == 1
+
+
+def test_a_gap_within_the_test_noise_is_flagged_and_left_out_of_the_median():
+    # On 200 test examples two standard errors of a 0.70 vs 0.72 difference are 9 points.
+    noisy = result("small", "mid", (0.70, 0.80, 0.72), n_test=200)   # PGR 5.0 over a 2-point gap
+    clear = result("small", "big", (0.70, 0.80, 0.90), n_test=200)   # PGR 0.5 over a 20-point gap
+    pairs, summary = report.tables([noisy, clear])
+    status = pairs.set_index("strong")["status"]
+    assert status["mid"] == "gap within noise (1/1 seeds)" and status["big"] == "ok"
+    row = summary.iloc[0]
+    assert row["median_pgr"] == pytest.approx(0.5) and row["pairs_used"] == 1
+    assert row["gap_within_noise_left_out"] == 1 and row["ceiling_le_weak_left_out"] == 0
+    # The same two-point gap measured on 10,000 examples is resolved, and counts.
+    _, summary = report.tables([result("small", "mid", (0.70, 0.80, 0.72), n_test=10_000), clear])
+    assert summary.iloc[0]["pairs_used"] == 2
+
+
+def test_each_method_gets_its_own_accuracy_figure_with_its_own_weak_and_ceiling(tmp_path):
+    baseline = [result("small", "big", (0.6, 0.7, 0.9), seed=s, loss=loss) for s in range(3) for loss in ("xent", "aux_conf")]
+    generative = result("small", "big", (0.6, 0.8, 0.95))
+    generative["method"] = "generative"
+    figures = report.accuracy_figures(report.tables([*baseline, generative])[0])
+    assert set(figures) == {"sst2_method=baseline_accuracy", "sst2_method=generative_accuracy"}
+    title, rows = figures["sst2_method=baseline_accuracy"]
+    assert "baseline" in title and set(rows["ceiling_acc"]) == {0.9} and set(rows["loss"]) == {"xent", "aux_conf"}
+    # Three seeds: the transfer's interval is there to draw (zero-width here: the seeds agree).
+    assert (rows["transfer_acc_low"] <= rows["transfer_acc"]).all() and rows["seeds"].eq(3).all()
+    figure = report.plot_accuracy(rows, title)
+    lines = [line for line in figure.axes[0].get_lines() if line.get_marker() not in ("None", None, "")]
+    styles = {(line.get_marker(), line.get_color()) for line in lines if not line.get_label().startswith("ground")}
+    assert len({m for m, _ in styles}) >= 2 and len({str(c) for _, c in styles}) >= 2  # losses differ in both

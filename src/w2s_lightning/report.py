@@ -6,9 +6,15 @@
     python run.py stage=report report.wandb_group=sweep-<time>  # from W&B instead of files
 
 Summaries follow the paper and the reference notebook: per task, method and loss, the median PGR
-over (weak, strong) pairs, leaving out same-size pairs and pairs whose ceiling does not beat
-the weak model (both counted in the table). With several seeds the median is taken per seed
-and the table gives its mean and a Student-t 95% interval over seeds.
+over (weak, strong) pairs, leaving out same-size pairs, pairs whose ceiling does not beat the
+weak model, and pairs whose ceiling - weak gap is within the test set's noise (two standard
+errors of a difference of two accuracies, ``metrics.gap_noise``); all three are counted in the
+table. With several seeds the median is taken per seed and the table gives its mean and a
+Student-t 95% interval over seeds.
+
+Every other config value that varies inside one (task, method, loss, weak, strong) group of a
+sweep, such as ``loss.fn.aux_coef`` or ``train.epochs``, becomes a column of its own, so runs
+that differ in it are never averaged together nor counted as seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # picks a file-only backend by itself where there is no display
@@ -28,14 +35,21 @@ from scipy import stats
 
 from w2s_lightning import tracking
 from w2s_lightning.errors import ConfigError, W2SError
-from w2s_lightning.metrics import pgr
+from w2s_lightning.metrics import pgr, pgr_status
 
 log = logging.getLogger(__name__)
 ROLES = ("weak", "transfer", "ceiling")
 # Per-pair means shown beside PGR (NaN where a run has no such stage or metric).
 OPTIONAL_MEANS = ("pgr_auroc", "transfer_ece", "agreement", "agreement_where_weak_wrong", "bootstrap_acc",
-                  "pgr_bootstrap")
+                  "pgr_bootstrap", "weak_val_ece", "weak_label_ece", "weak_label_margin", "ceiling_val_ece",
+                  "ceiling_val_margin", "transfer_val_margin")
+# Stage metrics copied into a record as <role>_<metric> (NaN where a stage lacks one).
+STAGE_EXTRAS = {"weak": ("val_ece", "label_ece", "label_margin"), "ceiling": ("val_ece", "val_margin"),
+                "transfer": ("val_margin",)}
 PAIR = ["task", "method", "loss", "weak", "strong"]
+# Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
+# what does not change results (where files go, logging, which command ran).
+NOT_VARIANTS = ("seed", "stage", "paths.", "logger.", "report.")
 
 
 # ---------------------------------------------------------------- reading runs
@@ -66,8 +80,10 @@ def read_wandb(project: str, entity: str | None, group: str) -> list[dict]:
             "task": config["task"]["name"], "loss": config["loss"]["name"], "seed": config["seed"],
             "method": summary.get("method", "baseline"),
             "weak_model": config["weak"]["name"], "strong_model": config["strong"]["name"],
-            "stages": {role: {k: summary.get(f"{role}/{k}") for k in ("acc", "auroc", "ece", "key", "reused")}
+            "stages": {role: {k: summary.get(f"{role}/{k}", math.nan)
+                              for k in ("acc", "auroc", "ece", "val_ece", "val_margin", "key", "reused")}
                        for role in roles},
+            "n_test": summary["n_test"],
             "config": config,
         })
     if not results:
@@ -89,6 +105,9 @@ def record(results: dict) -> dict:
     }
     row["pgr"] = pgr(row["weak_acc"], row["transfer_acc"], row["ceiling_acc"])
     row["pgr_auroc"] = pgr(row["weak_auroc"], row["transfer_auroc"], row["ceiling_auroc"])
+    row["pgr_status"] = pgr_status(row["weak_acc"], row["ceiling_acc"], results["n_test"])
+    for role, metrics in STAGE_EXTRAS.items():
+        row.update({f"{role}_{m}": stages[role].get(m, math.nan) for m in metrics})
     row["transfer_ece"] = stages["transfer"].get("ece", math.nan)
     row["agreement"] = stages["transfer"].get("agreement", math.nan)
     row["agreement_where_weak_wrong"] = stages["transfer"].get("agreement_where_supervisor_wrong", math.nan)
@@ -113,43 +132,79 @@ def interval(values: pd.Series) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """A nested config as {"dotted.key": value}; lists become their text."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value) if isinstance(value, list) else value
+    return flat
+
+
+def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
+    """The config values that vary inside a (task, method, loss, weak, strong) group, other
+    than the seed, as columns beside ``records``: what a sweep varied beyond the pair."""
+    settings = pd.DataFrame([_flatten(c) for c in configs], index=records.index)
+    settings = settings[[c for c in settings.columns if not c.startswith(NOT_VARIANTS)]].astype(str)
+    pair = records[PAIR].astype(str).agg("|".join, axis=1)
+    varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
+    return records.join(settings[varying])
+
+
+def variants(table: pd.DataFrame) -> list[str]:
+    """The variant columns of a table (dotted config keys)."""
+    return [c for c in table.columns if "." in c]
+
+
+def _status(group: pd.DataFrame) -> str:
+    if group["weak_params"].iloc[0] == group["strong_params"].iloc[0]:
+        return "same size"
+    flagged = group["pgr_status"][group["pgr_status"] != "ok"]
+    return "; ".join(f"{s} ({n}/{len(group)} seeds)" for s, n in flagged.value_counts().items()) or "ok"
+
+
 def pair_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, method, loss, weak, strong): accuracies and PGR, means over seeds, PGR's interval."""
+    """Per (task, method, loss, variants, weak, strong): accuracies and PGR, means over seeds,
+    the intervals of PGR and of the transfer's accuracy, and whether PGR is to be read."""
     rows = []
-    for pair, group in records.groupby(PAIR, sort=False):
+    keys = PAIR + variants(records)
+    for pair, group in records.groupby(keys, sort=False, dropna=False):
         mean, low, high = interval(group["pgr"])
-        same_size = group["weak_params"].iloc[0] == group["strong_params"].iloc[0]
-        undefined = int(group["pgr"].isna().sum())
-        status = "same size" if same_size else (f"ceiling <= weak ({undefined}/{len(group)} seeds)" if undefined else "ok")
+        _, acc_low, acc_high = interval(group["transfer_acc"])
         rows.append({
-            **dict(zip(PAIR, pair)), "seeds": len(group),
+            **dict(zip(keys, pair)), "seeds": len(group),
             **{f"{role}_acc": group[f"{role}_acc"].mean() for role in ROLES},
+            "transfer_acc_low": acc_low, "transfer_acc_high": acc_high,
             "pgr": mean, "pgr_low": low, "pgr_high": high,
             **{column: group[column].mean() for column in OPTIONAL_MEANS},
             **{column: (group[column].mean() if column.endswith("_acc") else group[column].iloc[0])
                for column in group.columns if column.startswith("rung")},
-            "status": status,
+            "status": _status(group),
             "weak_params": group["weak_params"].iloc[0], "strong_params": group["strong_params"].iloc[0],
         })
-    table = pd.DataFrame(rows).sort_values(["task", "method", "loss", "weak_params", "strong_params"])
+    table = pd.DataFrame(rows).sort_values(["task", "method", "loss", *variants(records), "weak_params",
+                                            "strong_params"])
     return table.drop(columns=["weak_params", "strong_params"]).reset_index(drop=True)
 
 
 def summary_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, method, loss): median PGR over the valid pairs of each seed, then mean and
-    interval over seeds, with the pairs used and those left out counted."""
+    """Per (task, method, loss, variants): median PGR over the valid pairs of each seed, then
+    mean and interval over seeds, with the pairs used and the runs left out counted."""
     rows = []
-    for (task, method, loss), group in records.groupby(["task", "method", "loss"], sort=True):
+    keys = ["task", "method", "loss", *variants(records)]
+    for values, group in records.groupby(keys, sort=True, dropna=False):
         same_size = group["weak_params"] == group["strong_params"]
-        undefined = ~same_size & group["pgr"].isna()
-        valid = group[~same_size & ~undefined]
+        valid = group[~same_size & (group["pgr_status"] == "ok")]
         mean, low, high = interval(valid.groupby("seed")["pgr"].median())
         rows.append({
-            "task": task, "method": method, "loss": loss, "median_pgr": mean, "pgr_low": low, "pgr_high": high,
+            **dict(zip(keys, values)), "median_pgr": mean, "pgr_low": low, "pgr_high": high,
             "seeds": group["seed"].nunique(),
             "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
             "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
-            "ceiling_le_weak_left_out": int(undefined.sum()),
+            "ceiling_le_weak_left_out": int((~same_size & (group["pgr_status"] == "ceiling <= weak")).sum()),
+            "gap_within_noise_left_out": int((~same_size & (group["pgr_status"] == "gap within noise")).sum()),
             "median_pgr_bootstrap": valid.groupby("seed")["pgr_bootstrap"].median().mean(),
         })
     return pd.DataFrame(rows)
@@ -158,6 +213,7 @@ def summary_table(records: pd.DataFrame) -> pd.DataFrame:
 def tables(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-pair and the summary table of a list of ``results.json`` contents."""
     records = pd.DataFrame([record(r) for r in results])
+    records = variant_columns(records, [r["config"] for r in results])
     return pair_table(records), summary_table(records)
 
 
@@ -188,35 +244,64 @@ def accounting(results: list[dict], skipped: list[dict]) -> dict:
 
 
 def with_variant(table: pd.DataFrame) -> pd.DataFrame:
-    """What a line or bar stands for: the loss, prefixed by the method when several are shown."""
-    several = table["method"].nunique() > 1
-    return table.assign(variant=table["method"] + " " + table["loss"] if several else table["loss"])
+    """What a bar stands for: the loss, prefixed by the method when several are shown, and
+    followed by the variant values."""
+    parts = [table["method"]] if table["method"].nunique() > 1 else []
+    parts += [table["loss"], *(column + "=" + table[column].astype(str) for column in variants(table))]
+    return table.assign(variant=pd.concat(parts, axis=1).agg(" ".join, axis=1))
 
 
-def plot_accuracy(pairs: pd.DataFrame, task: str) -> plt.Figure:
+# Each loss has a colour family and a marker; each weak model a shade within the family.
+LOSS_COLORMAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
+LOSS_MARKERS = "osD^vPX*"
+
+
+def accuracy_figures(pairs: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame]]:
+    """One accuracy figure per task, method and variant values, since each has weak models and
+    ceilings of its own: {file stem: (title, pair rows)}. A task with one such group keeps the
+    plain name ``<task>_accuracy``."""
+    keys = ["task", "method", *variants(pairs)]
+    groups = list(pairs.groupby(keys, sort=True, dropna=False))
+    per_task = pd.Series([values[0] for values, _ in groups]).value_counts()
+    figures = {}
+    for values, rows in groups:
+        task, rest = values[0], [f"{k}={v}" for k, v in zip(keys[1:], values[1:])]
+        stem = task if per_task[task] == 1 else "_".join([task, *rest])
+        figures[re.sub(r"[^\w.=+-]", "_", stem) + "_accuracy"] = (f"{task}: {', '.join(rest)}", rows)
+    return figures
+
+
+def plot_accuracy(rows: pd.DataFrame, title: str) -> plt.Figure:
     """The paper's NLP figure: transfer test accuracy against the strong model's ceiling
-    accuracy, one line per weak model (style per loss); the black line is the ceiling itself and
-    a dotted line in each weak model's colour its own accuracy."""
-    rows = with_variant(pairs[pairs["task"] == task])
+    accuracy, one line per weak model and loss (a colour family and a marker per loss, a shade
+    per weak model), with bars for the 95% interval over seeds. The black line is the ceiling
+    itself, and a grey dotted line each weak model's own accuracy (PGR 0)."""
     ceilings = rows.groupby("strong")["ceiling_acc"].mean().sort_values()
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.plot(ceilings.values, ceilings.values, "k-o", label="ground truth (ceiling)")
-    colors = plt.get_cmap("viridis")
+    losses = sorted(rows["loss"].unique())
     weak_models = list(dict.fromkeys(rows.sort_values("weak_acc")["weak"]))
-    styles = dict(zip(sorted(rows["variant"].unique()), ["-", "--", ":", "-."] * 8))
+    # Losses sit side by side around each strong model, so their bars do not hide each other.
+    step = 0.015 * max(ceilings.max() - ceilings.min(), 0.2)
     for i, weak in enumerate(weak_models):
-        color = colors(i / max(1, len(weak_models) - 1) * 0.85)
-        # The weak model's own accuracy: the level a transfer starts from (PGR 0).
-        ax.axhline(rows.loc[rows["weak"] == weak, "weak_acc"].mean(), color=color, linestyle=(0, (1, 3)), linewidth=1)
-        for variant, style in styles.items():
-            line = rows[(rows["weak"] == weak) & (rows["variant"] == variant)]
-            line = line.assign(x=line["strong"].map(ceilings)).sort_values("x")
-            if len(line):
-                ax.plot(line["x"], line["transfer_acc"], style, marker="o", color=color, label=f"weak {weak}, {variant}")
+        level = rows.loc[rows["weak"] == weak, "weak_acc"].mean()
+        ax.axhline(level, color="grey", linestyle=(0, (1, 3)), linewidth=1)
+        ax.annotate(f"weak {weak}", (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                    va="bottom")
+        for j, loss in enumerate(losses):
+            line = rows[(rows["weak"] == weak) & (rows["loss"] == loss)]
+            if line.empty:
+                continue
+            line = line.assign(x=line["strong"].map(ceilings) + (j - (len(losses) - 1) / 2) * step).sort_values("x")
+            errors = [(line["transfer_acc"] - line["transfer_acc_low"]).fillna(0),
+                      (line["transfer_acc_high"] - line["transfer_acc"]).fillna(0)]
+            color = plt.get_cmap(LOSS_COLORMAPS[j % len(LOSS_COLORMAPS)])(0.45 + 0.5 * (i + 1) / len(weak_models))
+            ax.errorbar(line["x"], line["transfer_acc"], yerr=errors, color=color, marker=LOSS_MARKERS[j % 8],
+                        capsize=3, label=f"{loss}, weak {weak}")
     ax.set_xticks(ceilings.values, [f"{m}\n{a:.3f}" for m, a in ceilings.items()], rotation=30, fontsize=8)
     ax.set_xlabel("strong model (ground-truth ceiling accuracy)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{task}: weak-to-strong transfer")
+    ax.set_ylabel("test accuracy" + (" (bars: 95% interval over seeds)" if rows["seeds"].max() > 1 else ""))
+    ax.set_title(f"{title}: weak-to-strong transfer")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -261,7 +346,7 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
     pairs.to_csv(out / "pairs.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     (out / "accounting.json").write_text(json.dumps(counts, indent=2))
-    drawn = {f"{task}_accuracy": plot_accuracy(pairs, task) for task in sorted(pairs["task"].unique())}
+    drawn = {stem: plot_accuracy(rows, title) for stem, (title, rows) in accuracy_figures(pairs).items()}
     drawn["pgr"] = plot_pgr(summary)
     figures = []
     for name, fig in drawn.items():
