@@ -128,3 +128,11 @@ def test_transfer_targets_are_the_weak_labels_of_the_same_rows(make_cfg, tiny_ov
     assert train_b["label"] == list(experiment.splits["train_b"]["label"])  # same rows, same order
     with pytest.raises(ValueError, match="labels come from half B"):
         experiment.targets(weak, "train_a")
+
+
+def test_an_empty_validation_split_is_not_predicted(make_cfg, tiny_overrides):
+    """task.n_val=0 once crashed when the weak stage predicted the empty val split."""
+    results = pipeline.run(make_cfg(*tiny_overrides, "task.n_val=0"))
+    weak = results["stages"]["weak"]
+    assert "val_ece" not in weak and 0 <= weak["label_ece"] <= 1  # no val scores; half B's labels scored
+    assert 0 <= results["stages"]["transfer"]["acc"] <= 1
