@@ -173,3 +173,12 @@ def test_paper_nlp_pairs_models_of_one_family_only():
                 run.append((cfg.weak.family, cfg.strong.family))
     assert len(run) == 12 and all(weak == strong for weak, strong in run)  # C(4,2) GPT-2 pairs + C(4,2) Qwen pairs
     assert {weak for weak, _ in run} == {"gpt2", "qwen2.5"}
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "methods_sst2", "methods_sciq", "offline_ladder"])
+def test_offline_presets_sweep_across_the_zoo_families(make_cfg, preset):
+    """The offline zoo has no family with three sizes: its presets pair across families, so
+    `python run.py -m task=sciq,boolq loss=xent,aux_conf` runs instead of skipping every job."""
+    cfg = make_cfg(f"experiment={preset}")
+    assert cfg.weak.family != cfg.strong.family and pipeline.skip_reason(cfg, sweep=True) is None
+    assert pipeline.skip_reason(make_cfg("~experiment"), sweep=True).startswith("minilm_l3 (minilm) and mpnet_base")
