@@ -75,6 +75,9 @@ def read_wandb(project: str, entity: str | None, group: str) -> list[dict]:
     results = []
     for run in runs:
         summary, config = dict(run.summary), dict(run.config)
+        if "n_test" not in summary:  # the noise rule needs it; runs before it was logged lack it
+            raise ConfigError(f"W&B run {run.name} has no n_test in its summary (it predates the noise rule); "
+                              "report its sweep from the results.json files: report.dir=<multirun folder>.")
         roles = [r for r in (*ROLES, "bootstrap") if f"{r}/acc" in summary]
         results.append({
             "task": config["task"]["name"], "loss": config["loss"]["name"], "seed": config["seed"],
