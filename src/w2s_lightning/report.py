@@ -39,13 +39,12 @@ from w2s_lightning.metrics import pgr, pgr_status
 
 log = logging.getLogger(__name__)
 ROLES = ("weak", "transfer", "ceiling")
-# Per-pair means shown beside PGR (NaN where a run has no such stage or metric).
-OPTIONAL_MEANS = ("pgr_auroc", "transfer_ece", "agreement", "agreement_where_weak_wrong", "bootstrap_acc",
-                  "pgr_bootstrap", "weak_val_ece", "weak_label_ece", "weak_label_margin", "ceiling_val_ece",
-                  "ceiling_val_margin", "transfer_val_margin")
 # Stage metrics copied into a record as <role>_<metric> (NaN where a stage lacks one).
 STAGE_EXTRAS = {"weak": ("val_ece", "label_ece", "label_margin"), "ceiling": ("val_ece", "val_margin"),
                 "transfer": ("val_margin",)}
+# Per-pair means shown beside PGR (NaN where a run has no such stage or metric).
+OPTIONAL_MEANS = ("pgr_auroc", "transfer_ece", "agreement", "agreement_where_weak_wrong", "bootstrap_acc",
+                  "pgr_bootstrap", *(f"{role}_{m}" for role, metrics in STAGE_EXTRAS.items() for m in metrics))
 PAIR = ["task", "method", "loss", "weak", "strong"]
 # Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
 # what does not change results (where files go, logging, which command ran).
@@ -135,21 +134,10 @@ def interval(values: pd.Series) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
-    """A nested config as {"dotted.key": value}; lists become their text."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value) if isinstance(value, list) else value
-    return flat
-
-
 def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     """The config values that vary inside a (task, method, loss, weak, strong) group, other
     than the seed, as columns beside ``records``: what a sweep varied beyond the pair."""
-    settings = pd.DataFrame([_flatten(c) for c in configs], index=records.index)
+    settings = pd.json_normalize(configs).set_axis(records.index)  # nested keys as "a.b.c" columns
     settings = settings[[c for c in settings.columns if not c.startswith(NOT_VARIANTS)]].astype(str)
     pair = records[PAIR].astype(str).agg("|".join, axis=1)
     varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
