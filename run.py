@@ -1,10 +1,10 @@
 """Run one weak-to-strong experiment, a Hydra multirun of them, or the report.
 
-    python run.py                                   # experiment=quickstart, offline
-    python run.py task=sciq model@strong=smollm2_135m loss=aux_conf
-    python run.py -m task=sciq,boolq loss=xent,aux_conf
+    python run.py experiment=quickstart             # the offline default, CPU-sized
+    python run.py experiment=quickstart task=sciq model@strong=smollm2_135m loss=aux_conf
+    python run.py -m task=sciq,boolq loss=xent,aux_conf   # each task's own (paper) sizes
     python run.py -m experiment=offline_ladder      # every weak < strong pair of a ladder
-    python run.py stage=report                      # PGR tables and figures of the newest multirun
+    python run.py command=report                    # PGR tables and figures of the newest multirun
 """
 
 import sys
@@ -18,15 +18,15 @@ import w2s_lightning.config  # noqa: F401  (registers the resolvers conf/ uses)
 from w2s_lightning import pipeline, report
 from w2s_lightning.errors import ConfigError, W2SError
 
-STAGES = {"experiment": pipeline.run, "report": report.run}
+COMMANDS = {"experiment": pipeline.run, "report": report.run}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        if cfg.stage not in STAGES:
-            raise ConfigError(f"stage={cfg.stage} is unknown; use one of: {', '.join(STAGES)}.")
-        STAGES[cfg.stage](cfg)
+        if cfg.command not in COMMANDS:
+            raise ConfigError(f"command={cfg.command} is unknown; use one of: {', '.join(COMMANDS)}.")
+        COMMANDS[cfg.command](cfg)
     except W2SError as err:
         # A clear one-line error instead of a traceback: it names the problem and the fix.
         print(f"error: {err}", file=sys.stderr)

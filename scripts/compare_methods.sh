@@ -10,9 +10,9 @@ ROOT=${W2S_LOG_DIR:-outputs}/compare/$(date +%Y-%m-%d_%H-%M-%S)
 sweep() { local name=$1; shift; "$PY" run.py -m "hydra.sweep.dir=$ROOT/$name" "$@"; }
 
 sweep losses     experiment=methods_sst2,methods_sciq loss=xent,aux_conf,aux_conf_soft,adapt_conf "$@"
-sweep chain_sst2 experiment=methods_sst2 chain=minilm_l6 loss=xent,aux_conf "$@"
-sweep chain_sciq experiment=methods_sciq chain=mpnet_base loss=xent,aux_conf "$@"
-sweep generative experiment=methods_sst2,methods_sciq generative.enabled=true loss=xent,aux_conf "$@"
-sweep select     experiment=methods_sst2,methods_sciq train.select=weak_val,oracle_val "$@"
+sweep chain_sst2 experiment=methods_sst2 method=bootstrap chain=minilm_l6 loss=xent,aux_conf "$@"
+sweep chain_sciq experiment=methods_sciq method=bootstrap chain=mpnet_base loss=xent,aux_conf "$@"
+sweep generative experiment=methods_sst2,methods_sciq method=generative loss=xent,aux_conf "$@"
+sweep select     experiment=methods_sst2,methods_sciq select=weak_val,oracle_val "$@"
 sweep finetune   experiment=methods_sst2,methods_sciq finetune=probe,lora "$@"
 "$PY" -m w2s_lightning.report "$ROOT"

@@ -36,14 +36,14 @@ def zoo_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def make_cfg(tmp_path, data_dir, zoo_dir):
-    """Compose conf/ with overrides, writing everything under this test's tmp_path."""
+def make_cfg(tmp_path, zoo_dir):
+    """Compose conf/ with overrides, writing everything under this test's tmp_path. Composing
+    needs no data; the data folder is the default one (``data_dir``)."""
 
     def make(*overrides: str) -> DictConfig:
         base = [
             f"paths.output_dir={tmp_path / 'run'}",
             f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.data_dir={data_dir}",
             f"paths.zoo_dir={zoo_dir}",
             "logger.mode=disabled",
         ]
@@ -84,11 +84,12 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_overrides(tiny_bert: Path, tiny_llama: Path) -> list[str]:
-    """A small, fast experiment: tiny BERT supervising tiny Llama on 96 SST-2 rows."""
+    """A small, fast experiment: tiny BERT supervising tiny Llama on 96 SST-2 rows, with the
+    offline recipe."""
     return [
-        "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
+        "experiment=quickstart", "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
         f"weak.path={tiny_bert}", "weak.name=tiny-bert", "weak.minibatch_size=16", "weak.max_length=64",
-        f"strong.path={tiny_llama}", "strong.name=tiny-llama", "strong.pooling=last",
+        f"strong.path={tiny_llama}", "strong.name=tiny-llama", "strong.pooling=last", "strong.objective=causal_lm",
         "strong.minibatch_size=16", "strong.max_length=64",
         "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true", "trainer.log_every_n_steps=1",
     ]

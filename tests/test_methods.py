@@ -5,17 +5,19 @@ import json
 import logging
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from w2s_lightning import generative, pipeline
+from w2s_lightning import methods, pipeline, tasks
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.metrics import agreement
 from w2s_lightning.models import load_classifier
+from w2s_lightning.runner import StageRunner
 
-TINY_RUNG = ["chain=minilm_l6", "chain.rungs.minilm_l6.minibatch_size=16", "chain.rungs.minilm_l6.max_length=64"]
+TINY_RUNG = ["method=bootstrap", "chain=minilm_l6", "chain.rungs.minilm_l6.minibatch_size=16", "chain.rungs.minilm_l6.max_length=64"]
 
 
 def spec_of(stage: dict) -> dict:
@@ -27,23 +29,30 @@ def test_bootstrapping_chains_labels_through_disjoint_parts_of_half_b(make_cfg, 
     results = pipeline.run(cfg)
     stages = results["stages"]
     assert set(stages) == {"weak", "ceiling", "transfer", "rung1", "bootstrap"}
-    assert results["method"] == "chain=minilm_l6"
+    assert results["method"] == "bootstrap"
     # weak -> rung1 on the first half of B, rung1 -> strong on the second; the direct transfer sees all of B.
-    assert spec_of(stages["rung1"])["train_split"] == "train_b_part1of2"
+    assert spec_of(stages["rung1"])["rows"] == ["train_b", 0, 2]
     assert spec_of(stages["rung1"])["labels"] == stages["weak"]["key"]
-    assert spec_of(stages["bootstrap"])["train_split"] == "train_b_part2of2"
+    assert spec_of(stages["bootstrap"])["rows"] == ["train_b", 1, 2]
     assert spec_of(stages["bootstrap"])["labels"] == stages["rung1"]["key"]
     assert stages["rung1"]["n_train"] + stages["bootstrap"]["n_train"] == stages["transfer"]["n_train"] == 48
     # The bootstrapped student's agreement is measured against its own supervisor, rung 1.
     test = {role: load_file(str(Path(stages[role]["path"]) / "predictions.safetensors"))["test"]
             for role in ("rung1", "bootstrap")}
-    labels = torch.tensor(pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)["test"]["label"])
+    labels = torch.tensor(tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)["test"]["label"])
     assert stages["bootstrap"]["agreement"] == pytest.approx(agreement(test["bootstrap"], test["rung1"], labels)["agreement"])
-    assert "pgr_bootstrap" in results
+    assert "pgr_bootstrap" in results and results["class_balance"].keys() == {"train_a", "train_b", "val", "test"}
     # Without a chain the same experiment reuses every stage it shares with the chained one.
     plain = pipeline.run(make_cfg(*tiny_overrides))
     assert all(plain["stages"][r]["reused"] for r in ("weak", "ceiling", "transfer"))
-    assert plain["method"] == "baseline" and "pgr_bootstrap" not in plain
+    assert plain["method"] == "direct" and "pgr_bootstrap" not in plain
+
+
+def test_rungs_without_the_bootstrap_method_are_refused(make_cfg, tiny_overrides):
+    with pytest.raises(ConfigError, match="add method=bootstrap"):
+        pipeline.check_config(make_cfg(*tiny_overrides, "chain=minilm_l6"))
+    with pytest.raises(ConfigError, match="needs intermediate models"):
+        pipeline.check_config(make_cfg(*tiny_overrides, "method=bootstrap"))
 
 
 @pytest.mark.parametrize("strong", ["tiny_llama", "tiny_bert"])
@@ -51,13 +60,12 @@ def test_generative_finetuning_changes_the_strong_weights_for_ceiling_and_transf
         make_cfg, tiny_overrides, tiny_llama, tiny_bert, strong, caplog):
     caplog.set_level(logging.INFO, logger="w2s_lightning")
     folder = {"tiny_llama": tiny_llama, "tiny_bert": tiny_bert}[strong]
-    pooling = "last" if strong == "tiny_llama" else "mean"
-    cfg = make_cfg(*tiny_overrides, f"strong.path={folder}", f"strong.pooling={pooling}", "generative.enabled=true",
-                   "generative.lr=1e-3")
+    pooling, objective = ("last", "causal_lm") if strong == "tiny_llama" else ("mean", "masked_lm")
+    cfg = make_cfg(*tiny_overrides, f"strong.path={folder}", f"strong.pooling={pooling}",
+                   f"strong.objective={objective}", "method=generative", "method.lr=1e-3")
     results = pipeline.run(cfg)
-    assert ("causal LM" if strong == "tiny_llama" else "masked LM") in caplog.text
-    assert generative.is_causal(cfg.strong) == (strong == "tiny_llama")
-    key = results["generative"]
+    assert f"on the task's unlabeled text ({objective})" in caplog.text
+    key = results["stages"]["generative"]["key"]
     assert key.startswith("generative-")
     for role in ("ceiling", "transfer"):
         assert spec_of(results["stages"][role])["init"] == key
@@ -69,11 +77,12 @@ def test_generative_finetuning_changes_the_strong_weights_for_ceiling_and_transf
     assert results["method"] == "generative"
 
 
-@pytest.mark.parametrize("select", ["weak_val", "oracle_val"])
-def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_overrides, select):
-    cfg = make_cfg(*tiny_overrides, f"train.select={select}", "train.epochs=2", "train.val_every=0.5")
+@pytest.mark.parametrize("select,monitor", [("weak_val", "val/supervisor_acc"), ("oracle_val", "val/acc")])
+def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_overrides, select, monitor):
+    cfg = make_cfg(*tiny_overrides, f"select={select}", "train.epochs=2", "select.val_every=0.5")
+    assert hydra.utils.instantiate(cfg.select.callbacks.checkpoint).monitor == monitor
     results = pipeline.run(cfg)
-    assert results["selection"] == select and results["method"] == f"select={select}"
+    assert results["config"]["select"]["name"] == select and results["method"] == "direct"
     for role, stage in results["stages"].items():
         # Selection is the student's: weak and ceiling keep their last weights, as in the baseline.
         student = role == "transfer"
@@ -81,39 +90,42 @@ def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_o
         # 48 rows in 16-row batches: 3 steps an epoch, validated every other batch -> a step in 1..6.
         assert 1 <= stage["selected_step"] <= 6 if student else stage["selected_step"] == 6
         assert not (Path(stage["path"]) / "checkpoints").exists()  # checkpoints are not kept in the cache
-    monitor = pipeline.SELECTION_MONITORS[select]
-    trainer, watched = pipeline.Experiment(cfg, pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, 0)).trainer(
-        cfg.strong, 1, Path(cfg.paths.output_dir), False, select=True)
-    assert watched == monitor == trainer.checkpoint_callback.monitor
 
 
 def test_weak_val_selection_validates_the_transfer_against_the_weak_labels(make_cfg, tiny_overrides):
-    cfg = make_cfg(*tiny_overrides, "train.select=weak_val")
+    cfg = make_cfg(*tiny_overrides, "select=weak_val")
     results = pipeline.run(cfg)
     weak_val = load_file(str(Path(results["stages"]["weak"]["path"]) / "predictions.safetensors"))["val"]
-    experiment = pipeline.Experiment(cfg, pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, 0))
-    weak = experiment.stage("weak", cfg.weak)
-    assert weak.reused and torch.equal(weak.predictions["val"], weak_val)
-    datamodule = experiment.datamodule(cfg.strong, "train_b", ["test"],
-                                       {"train_b": weak.predictions["train_b"], "val": weak.predictions["val"]}, None)
+    runner = StageRunner(cfg, tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed))
+    requests = methods.recipe(cfg)
+    stages = runner.run(requests)
+    assert all(stage.reused for stage in stages.values())
+    weak, transfer = stages["weak"], next(r for r in requests if r.role == "transfer")
+    datamodule = runner.datamodule(transfer, runner.splits, {"train_b": weak.predictions["train_b"],
+                                                             "val": weak.predictions["val"]}, None)
     datamodule.setup()
     assert datamodule.prepared["val"]["target"] == pytest.approx(weak_val.tolist())  # not the ground truth
 
 
 def test_selection_settings_that_cannot_work_are_refused(make_cfg, tiny_overrides):
     with pytest.raises(ConfigError, match="set task.n_val > 0"):
-        pipeline.run(make_cfg(*tiny_overrides, "train.select=weak_val", "task.n_val=0"))
-    with pytest.raises(ConfigError, match="needs something to monitor"):
-        pipeline.run(make_cfg(*tiny_overrides, "train.early_stopping_patience=2"))
-    with pytest.raises(ConfigError, match="train.select=best is unknown"):
-        pipeline.run(make_cfg(*tiny_overrides, "train.select=best"))
+        pipeline.run(make_cfg(*tiny_overrides, "select=weak_val", "task.n_val=0"))
+
+
+def test_early_stopping_stops_the_student_on_its_supervisors_labels(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides, "select=weak_val_early_stop", "train.epochs=6", "select.val_every=1.0",
+                   "select.callbacks.early_stopping.patience=1")
+    stopper = hydra.utils.instantiate(cfg.select.callbacks.early_stopping)
+    assert (stopper.monitor, stopper.patience) == ("val/supervisor_acc", 1)
+    transfer = pipeline.run(cfg)["stages"]["transfer"]
+    assert transfer["selection"] == "weak_val_early_stop" and 1 <= transfer["selected_step"] <= 18
 
 
 def test_linear_probes_compute_features_once_and_train_only_the_head(make_cfg, tiny_overrides, caplog):
     caplog.set_level(logging.INFO, logger="w2s_lightning")
     cfg = make_cfg(*tiny_overrides, "finetune=probe")
     results = pipeline.run(cfg)
-    assert results["method"] == "finetune=probe"
+    assert results["method"] == "direct" and results["config"]["finetune"]["name"] == "probe"
     features = sorted(p for p in Path(cfg.paths.stage_dir).glob("features-*") if p.is_dir())
     assert len(features) == 2  # one per model: tiny-bert (weak) and tiny-llama (strong)
     stored = load_file(str(features[0] / "predictions.safetensors"))
@@ -132,7 +144,7 @@ def test_lora_trains_adapters_and_the_head_only(make_cfg, tiny_overrides):
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     assert "head.weight" in trainable
     results = pipeline.run(cfg)
-    assert results["method"] == "finetune=lora" and 0 <= results["stages"]["transfer"]["acc"] <= 1
+    assert results["config"]["finetune"]["name"] == "lora" and 0 <= results["stages"]["transfer"]["acc"] <= 1
 
 
 def test_every_stage_reports_calibration_and_transfers_report_agreement(make_cfg, tiny_overrides):
@@ -166,7 +178,7 @@ def test_lora_wraps_the_paper_ladders_architectures(family):
 def test_generative_finetuning_of_a_model_that_cannot_load_says_why(make_cfg, tiny_overrides, tmp_path):
     from w2s_lightning.errors import ModelError
 
-    cfg = make_cfg(*tiny_overrides, "generative.enabled=true", f"strong.path={tmp_path / 'no-such-model'}")
+    cfg = make_cfg(*tiny_overrides, "method=generative", f"strong.path={tmp_path / 'no-such-model'}")
     with pytest.raises(ModelError, match="cannot load .*no-such-model"):
         pipeline.run(cfg)
     assert not [p for p in Path(cfg.paths.stage_dir).glob("generative-*") if p.is_dir()]  # nothing half-built

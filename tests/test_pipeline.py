@@ -1,13 +1,15 @@
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conftest import read_wandb_run
-from w2s_lightning import pipeline
+from w2s_lightning import methods, pipeline, tasks
 from w2s_lightning.errors import ConfigError, TrainingError
 from w2s_lightning.metrics import pgr
+from w2s_lightning.runner import StageRunner
 
 
 def read_results(cfg) -> dict:
@@ -23,7 +25,7 @@ def test_whole_pipeline_then_a_second_loss_reuses_weak_labels_and_ceiling(make_c
     assert set(stages) == {"weak", "ceiling", "transfer"}
     # Weak and ceiling learn ground truth of half A; the transfer learns the weak labels of half B.
     specs = {role: json.loads((Path(s["path"]) / "spec.json").read_text()) for role, s in stages.items()}
-    assert [specs[r]["train_split"] for r in ("weak", "ceiling", "transfer")] == ["train_a", "train_a", "train_b"]
+    assert [specs[r]["rows"][0] for r in ("weak", "ceiling", "transfer")] == ["train_a", "train_a", "train_b"]
     assert specs["transfer"]["labels"] == stages["weak"]["key"]
     assert not any(s["reused"] for s in stages.values())
     for s in stages.values():
@@ -116,18 +118,20 @@ def test_same_config_in_a_fresh_cache_gives_the_same_numbers(make_cfg, tiny_over
         assert again["stages"][role]["auroc"] == pytest.approx(first["stages"][role]["auroc"], abs=1e-6)
 
 
-def test_transfer_targets_are_the_weak_labels_of_the_same_rows(make_cfg, tiny_overrides):
-    cfg = make_cfg(*tiny_overrides)
-    pipeline.run(cfg)
-    experiment = pipeline.Experiment(cfg, pipeline.tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed))
-    weak = experiment.stage("weak", cfg.weak)
-    datamodule = experiment.datamodule(cfg.strong, "train_b", ["test"], experiment.targets(weak, "train_b"), None)
-    datamodule.setup()
-    train_b = datamodule.prepared["train_b"]
-    assert train_b["target"] == pytest.approx(weak.predictions["train_b"].tolist())
-    assert train_b["label"] == list(experiment.splits["train_b"]["label"])  # same rows, same order
-    with pytest.raises(ValueError, match="labels come from half B"):
-        experiment.targets(weak, "train_a")
+def test_students_learn_their_supervisors_labels_of_their_own_rows(make_cfg, tiny_overrides, tiny_bert):
+    cfg = make_cfg(*tiny_overrides, "method=bootstrap", "chain=minilm_l6", f"chain.rungs.minilm_l6.path={tiny_bert}",
+                   "chain.rungs.minilm_l6.minibatch_size=16")
+    splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
+    runner, requests = StageRunner(cfg, splits), {r.role: r for r in methods.recipe(cfg)}
+    weak = runner.run([requests["weak"]])["weak"]
+    for role, rows in (("transfer", range(0, 48)), ("rung1", range(0, 24)), ("bootstrap", range(24, 48))):
+        request = requests[role]
+        view, targets = runner.with_rows(request), runner.targets(request, weak)
+        assert targets[request.rows.name].tolist() == weak.predictions["train_b"][rows.start:rows.stop].tolist()
+        assert view[request.rows.name]["label"] == splits["train_b"]["label"][rows.start:rows.stop]  # same rows
+    assert set(splits) == {"train_a", "train_b", "val", "test"}  # the task's splits are never changed
+    with pytest.raises(ConfigError, match="predicts only"):
+        runner.targets(requests["transfer"], replace(weak, predictions={"test": weak.predictions["test"]}))
 
 
 def test_an_empty_validation_split_is_not_predicted(make_cfg, tiny_overrides):

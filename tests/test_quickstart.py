@@ -7,13 +7,13 @@ from w2s_lightning import pipeline
 
 
 def test_quickstart_composes_to_the_offline_default(make_cfg):
-    cfg = make_cfg()
+    cfg = make_cfg("experiment=quickstart")
     assert (cfg.task.name, cfg.weak.name, cfg.strong.name, cfg.loss.name) == ("sst2", "minilm_l3", "mpnet_base", "xent")
     assert cfg.task.n_test >= 1000 and cfg.weak.path == "zoo:minilm_l3"
 
 
 def test_quickstart_runs_on_real_zoo_models(make_cfg, capsys):
-    cfg = make_cfg("task.n_train=400", "task.n_val=40", "task.n_test=400")
+    cfg = make_cfg("experiment=quickstart", "task.n_train=400", "task.n_val=40", "task.n_test=400")
     results = pipeline.run(cfg)
     saved = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert saved["stages"] == results["stages"] and saved["n_test"] == 400

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from w2s_lightning import report
+from w2s_lightning import figures, report, tables
 from w2s_lightning.errors import ConfigError
 
 PARAMS = {"small": 1e6, "mid": 2e6, "big": 3e6}
@@ -28,7 +28,7 @@ def result(weak, strong, accs, seed=0, loss="xent", task="sst2", n_test=10_000, 
         "task": task, "loss": loss, "seed": seed, "weak_model": weak, "strong_model": strong, "n_test": n_test,
         "stages": {
             "weak": {"acc": weak_acc, "auroc": weak_acc, "key": f"gt-{task}-{weak}-{seed}", "reused": False},
-            "transfer": {"acc": transfer_acc, "auroc": transfer_acc, "key": f"tr-{weak}-{strong}-{loss}-{seed}",
+            "transfer": {"acc": transfer_acc, "auroc": transfer_acc, "key": f"transfer-{weak}-{strong}-{loss}-{seed}",
                          "reused": False},
             "ceiling": {"acc": ceiling_acc, "auroc": ceiling_acc, "key": f"gt-{task}-{strong}-{seed}", "reused": True},
         },
@@ -47,7 +47,7 @@ def test_summary_is_the_median_over_valid_pairs_and_counts_the_left_out():
     # A pair whose ceiling does not beat its weak model has no PGR.
     results.append(result("small", "big", (0.7, 0.8, 0.65), loss="aux_conf"))
     results.append(result("small", "mid", (0.6, 0.66, 0.8), loss="aux_conf"))  # PGR 0.3
-    pairs, summary = report.tables(results)
+    pairs, summary = tables.tables(results)
     xent = summary.set_index("loss").loc["xent"]
     assert xent["median_pgr"] == pytest.approx(0.5)
     assert xent["pairs_used"] == 3 and xent["same_size_left_out"] == 2 and xent["ceiling_le_weak_left_out"] == 0
@@ -69,7 +69,7 @@ def test_seeds_give_a_student_t_interval_around_the_mean_of_per_seed_medians():
     for seed, (first, second) in pgrs.items():
         results.append(result("small", "mid", (0.5, 0.5 + 0.3 * first, 0.8), seed=seed))
         results.append(result("small", "big", (0.5, 0.5 + 0.4 * second, 0.9), seed=seed))
-    _, summary = report.tables(results)
+    _, summary = tables.tables(results)
     row = summary.iloc[0]
     medians = [statistics.median(v) for v in pgrs.values()]
     half = 4.302652729911275 * statistics.stdev(medians) / math.sqrt(3)  # t(0.975, df=2)
@@ -81,7 +81,7 @@ def test_seeds_give_a_student_t_interval_around_the_mean_of_per_seed_medians():
 def test_accounting_counts_distinct_stages_and_those_trained_here():
     results = [result("small", "mid", (0.6, 0.7, 0.8)), result("small", "big", (0.6, 0.7, 0.9)),
                result("small", "mid", (0.6, 0.7, 0.8), loss="aux_conf")]
-    counts = report.accounting(results, skipped=[{"skipped": "same size"}])
+    counts = tables.accounting(results, skipped=[{"skipped": "same size"}])
     assert counts["experiments"] == 3 and counts["skipped_jobs"] == 1
     assert counts["ground_truth_models"] == 3  # small, mid, big on one task and seed
     assert counts["ground_truth_stages_used"] == 3
@@ -99,7 +99,7 @@ def test_build_writes_tables_figures_and_markdown(tmp_path):
     assert [f.name for f in built["figures"]] == ["sst2_accuracy.png", "pgr.png"]
     for figure in built["figures"]:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
-    assert "| sst2   | baseline | xent" in (out / "summary.md").read_text()
+    assert "| sst2   | direct   | xent" in (out / "summary.md").read_text()
     assert json.loads((out / "accounting.json").read_text())["experiments"] == 4
 
 
@@ -114,24 +114,24 @@ def test_missing_or_empty_folders_are_named(tmp_path):
 
 def test_bootstrapped_runs_show_every_rung_beside_the_direct_transfer():
     chained = result("small", "big", (0.6, 0.7, 0.9))
-    chained["method"] = "chain=mid"
+    chained["method"] = "bootstrap"
     chained["stages"]["rung1"] = {"model": "mid", "acc": 0.75, "auroc": 0.8, "key": "r1", "reused": False}
     chained["stages"]["bootstrap"] = {"model": "big", "acc": 0.81, "auroc": 0.85, "key": "b", "reused": False}
-    pairs, summary = report.tables([chained, result("small", "big", (0.6, 0.7, 0.9))])
-    row = pairs.set_index("method").loc["chain=mid"]
+    pairs, summary = tables.tables([chained, result("small", "big", (0.6, 0.7, 0.9))])
+    row = pairs.set_index("method").loc["bootstrap"]
     assert row["rung1_model"] == "mid" and row["rung1_acc"] == pytest.approx(0.75)
     assert row["bootstrap_acc"] == pytest.approx(0.81)
     assert row["pgr_bootstrap"] == pytest.approx((0.81 - 0.6) / (0.9 - 0.6))
     assert row["pgr"] == pytest.approx((0.7 - 0.6) / (0.9 - 0.6))  # the direct transfer, beside it
-    assert summary.set_index("method").loc["chain=mid", "median_pgr_bootstrap"] == pytest.approx(0.7)
-    assert math.isnan(summary.set_index("method").loc["baseline", "median_pgr_bootstrap"])
+    assert summary.set_index("method").loc["bootstrap", "median_pgr_bootstrap"] == pytest.approx(0.7)
+    assert math.isnan(summary.set_index("method").loc["direct", "median_pgr_bootstrap"])
 
 
 def test_a_swept_setting_becomes_a_column_and_its_values_are_not_pooled_as_seeds():
     """loss.fn.aux_coef swept over two values, three seeds each: two rows of three seeds."""
     results = [result("small", "big", (0.6, 0.6 + 0.3 * pgr, 0.9), seed=seed, loss="aux_conf", loss__fn__aux_coef=coef)
                for coef, pgrs in ((0.5, (0.2, 0.3, 0.4)), (0.75, (0.6, 0.7, 0.8))) for seed, pgr in enumerate(pgrs)]
-    pairs, summary = report.tables(results)
+    pairs, summary = tables.tables(results)
     assert "loss.fn.aux_coef" in summary.columns and "loss.fn.aux_coef" in pairs.columns
     assert "seed" not in summary.columns and "paths.output_dir" not in summary.columns  # seeds, not variants
     rows = summary.set_index("loss.fn.aux_coef")
@@ -146,7 +146,7 @@ def test_settings_that_follow_the_pair_are_no_variants():
     """The models' own settings differ between pairs, but never inside one: no extra column."""
     results = [result("small", "mid", (0.6, 0.7, 0.8), weak__lr=1e-4, strong__lr=5e-5),
                result("mid", "big", (0.7, 0.8, 0.9), weak__lr=5e-5, strong__lr=1e-5)]
-    pairs, summary = report.tables(results)
+    pairs, summary = tables.tables(results)
     assert not [c for c in pairs.columns if "." in c] and len(summary) == 1
 
 
@@ -154,14 +154,14 @@ def test_a_gap_within_the_test_noise_is_flagged_and_left_out_of_the_median():
     # On 200 test examples two standard errors of a 0.70 vs 0.72 difference are 9 points.
     noisy = result("small", "mid", (0.70, 0.80, 0.72), n_test=200)   # PGR 5.0 over a 2-point gap
     clear = result("small", "big", (0.70, 0.80, 0.90), n_test=200)   # PGR 0.5 over a 20-point gap
-    pairs, summary = report.tables([noisy, clear])
+    pairs, summary = tables.tables([noisy, clear])
     status = pairs.set_index("strong")["status"]
     assert status["mid"] == "gap within noise (1/1 seeds)" and status["big"] == "ok"
     row = summary.iloc[0]
     assert row["median_pgr"] == pytest.approx(0.5) and row["pairs_used"] == 1
     assert row["gap_within_noise_left_out"] == 1 and row["ceiling_le_weak_left_out"] == 0
     # The same two-point gap measured on 10,000 examples is resolved, and counts.
-    _, summary = report.tables([result("small", "mid", (0.70, 0.80, 0.72), n_test=10_000), clear])
+    _, summary = tables.tables([result("small", "mid", (0.70, 0.80, 0.72), n_test=10_000), clear])
     assert summary.iloc[0]["pairs_used"] == 2
 
 
@@ -169,13 +169,13 @@ def test_each_method_gets_its_own_accuracy_figure_with_its_own_weak_and_ceiling(
     baseline = [result("small", "big", (0.6, 0.7, 0.9), seed=s, loss=loss) for s in range(3) for loss in ("xent", "aux_conf")]
     generative = result("small", "big", (0.6, 0.8, 0.95))
     generative["method"] = "generative"
-    figures = report.accuracy_figures(report.tables([*baseline, generative])[0])
-    assert set(figures) == {"sst2_method=baseline_accuracy", "sst2_method=generative_accuracy"}
-    title, rows = figures["sst2_method=baseline_accuracy"]
-    assert "baseline" in title and set(rows["ceiling_acc"]) == {0.9} and set(rows["loss"]) == {"xent", "aux_conf"}
+    drawn = figures.accuracy_figures(tables.tables([*baseline, generative])[0])
+    assert set(drawn) == {"sst2_method=direct_accuracy", "sst2_method=generative_accuracy"}
+    title, rows = drawn["sst2_method=direct_accuracy"]
+    assert "direct" in title and set(rows["ceiling_acc"]) == {0.9} and set(rows["loss"]) == {"xent", "aux_conf"}
     # Three seeds: the transfer's interval is there to draw (zero-width here: the seeds agree).
     assert (rows["transfer_acc_low"] <= rows["transfer_acc"]).all() and rows["seeds"].eq(3).all()
-    figure = report.plot_accuracy(rows, title)
+    figure = figures.plot_accuracy(rows, title)
     lines = [line for line in figure.axes[0].get_lines() if line.get_marker() not in ("None", None, "")]
     styles = {(line.get_marker(), line.get_color()) for line in lines if not line.get_label().startswith("ground")}
     assert len({m for m, _ in styles}) >= 2 and len({str(c) for _, c in styles}) >= 2  # losses differ in both

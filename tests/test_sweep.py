@@ -17,21 +17,22 @@ from conftest import CONF_DIR, read_wandb_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZES = [
-    "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
+    "experiment=quickstart", "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
     "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true",
 ]
-MODEL_YAML = """name: {name}
+MODEL_YAML = """defaults:
+  - model_schema
+  - _self_
+
+name: {name}
 path: {path}
 family: tiny
 params: {params}
 pooling: {pooling}
-lr: 5e-5
+objective: {objective}
 minibatch_size: 16
 eval_batch_size: 32
 max_length: 64
-dtype: null
-trust_remote_code: false
-gradient_checkpointing: false
 """
 
 
@@ -42,8 +43,9 @@ def tiny_ladder_conf(tmp_path_factory, tiny_bert, tiny_llama) -> Path:
     (conf / "model").mkdir()
     for name, path, params, pooling in [("tiny_a", tiny_bert, 1e6, "mean"), ("tiny_b", tiny_llama, 2e6, "last"),
                                         ("tiny_c", tiny_llama, 3e6, "mean")]:
+        objective = "causal_lm" if pooling == "last" else "masked_lm"
         (conf / "model" / f"{name}.yaml").write_text(MODEL_YAML.format(name=name, path=path, params=params,
-                                                                      pooling=pooling))
+                                                                      pooling=pooling, objective=objective))
     return conf
 
 
@@ -94,7 +96,7 @@ def test_ladder_sweep_trains_each_ground_truth_model_once(ladder_sweep):
 
 def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep, tmp_path):
     sweep_dir, _ = ladder_sweep
-    done = run_py(tmp_path / "cache", "stage=report", f"report.dir={sweep_dir}", f"hydra.run.dir={tmp_path / 'run'}",
+    done = run_py(tmp_path / "cache", "command=report", f"report.dir={sweep_dir}", f"hydra.run.dir={tmp_path / 'run'}",
                   wandb_mode="offline")
     assert done.returncode == 0, done.stderr[-3000:]
     out = sweep_dir / "report"

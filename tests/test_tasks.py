@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import MissingConfigException
 
-from w2s_lightning import tasks
+from w2s_lightning import formatters, tasks
 from w2s_lightning.errors import DataError
 
 
@@ -20,7 +20,7 @@ def test_sciq_formatter_on_a_known_row(data_dir, make_cfg):
     task = make_cfg("task=sciq").task
     seen = set()
     for seed in range(20):
-        example = tasks.format_sciq(row, random.Random(seed), task)
+        example = formatters.format_sciq(row, random.Random(seed), task)
         prefix = f"Q: {row['question']} A: "
         assert example["text"].startswith(prefix)
         answer = example["text"][len(prefix):]
@@ -33,10 +33,10 @@ def test_sciq_formatter_on_a_known_row(data_dir, make_cfg):
 
 
 def test_sst2_and_boolq_formatters_on_known_rows(data_dir, make_cfg):
-    sst2 = tasks.format_sst2(first_row(data_dir, "sst2", "test"), random.Random(0), make_cfg("task=sst2").task)
+    sst2 = formatters.format_sst2(first_row(data_dir, "sst2", "test"), random.Random(0), make_cfg("task=sst2").task)
     assert sst2 == {"text": "no movement , no yuks , not much of anything .", "label": 0}
     row = first_row(data_dir, "boolq", "validation")
-    boolq = tasks.format_boolq(row, random.Random(0), make_cfg("task=boolq").task)
+    boolq = formatters.format_boolq(row, random.Random(0), make_cfg("task=boolq").task)
     assert boolq["label"] == 0  # "does ethanol take more energy make that produces": false
     assert boolq["text"] == f"Passage: {row['passage']}\nQuestion: {row['question']}"
 
@@ -46,7 +46,7 @@ def test_cosmos_qa_none_of_the_above_is_always_wrong(make_cfg):
     row = {"context": "c", "question": "q", "label": 3,
            "answer0": "a", "answer1": "b", "answer2": "d", "answer3": "None of the above choices ."}
     for seed in range(10):
-        example = tasks.format_cosmos_qa(row, random.Random(seed), task)
+        example = formatters.format_cosmos_qa(row, random.Random(seed), task)
         assert example["label"] == 0 and "None of the above" not in example["text"]
 
 
@@ -56,7 +56,7 @@ def test_anthropic_hh_is_pairwise_in_random_order(make_cfg):
            "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
     labels = set()
     for seed in range(10):
-        example = tasks.format_anthropic_hh(row, random.Random(seed), task)
+        example = formatters.format_anthropic_hh(row, random.Random(seed), task)
         a = example["text"].split("Response A: ")[1].split("\n\nResponse B:")[0]
         assert example["text"].startswith("Human: hi")
         assert (a == "hello, how can I help?") == bool(example["label"])
@@ -111,12 +111,12 @@ def test_custom_task_maps_yes_no_labels(tmp_path, make_cfg):
 
 @pytest.mark.parametrize("value,label", [(True, 1), ("no", 0), ("TRUE", 1), (0, 0), ("1", 1), (1.0, 1)])
 def test_binary_labels(value, label):
-    assert tasks.to_binary_label(value, "x") == label
+    assert formatters.to_binary_label(value, "x") == label
 
 
 def test_bad_label_value_names_the_column_and_choices():
     with pytest.raises(DataError, match=r"label column 'stars' holds 'maybe'.*yes"):
-        tasks.to_binary_label("maybe", "stars")
+        formatters.to_binary_label("maybe", "stars")
 
 
 def test_single_class_data_is_refused(tmp_path, make_cfg):

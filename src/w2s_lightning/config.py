@@ -1,13 +1,40 @@
-"""OmegaConf resolvers used by conf/ (registered on import)."""
+"""What conf/ needs from Python, registered on import: the model schema and the resolvers."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    """What every ``conf/model/*.yaml`` holds. Each file starts from this schema (``defaults:
+    [model_schema, _self_]``) and sets only what differs; Hydra refuses a missing key, an
+    unknown one, or a value of the wrong type when the config is composed."""
+
+    name: str = MISSING
+    path: str = MISSING           # zoo:<name>, a local Hugging Face folder, or a hub id
+    family: str = MISSING         # ladders pair models of one family (ladder.cross_family)
+    params: float = MISSING       # parameter count: the model's size in ladders
+    pooling: str = MISSING        # last (decoders), mean or first (encoders)
+    objective: str = MISSING      # generative fine-tuning's objective: causal_lm or masked_lm
+    lr: float = 5e-5
+    minibatch_size: int = 32      # micro-batch; train.batch_size / minibatch_size = gradient accumulation
+    eval_batch_size: int = 64
+    max_length: int = 1024        # longer texts are cut on the left (the question/answer sits at the end)
+    dtype: Optional[str] = None   # null = float32 weights (mixed precision comes from trainer.precision)
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+ConfigStore.instance().store(group="model", name="model_schema", node=ModelConfig)
 
 
 def default_data_dir() -> str | None:

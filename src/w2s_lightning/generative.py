@@ -1,8 +1,8 @@
 """Generative fine-tuning: the strong model's own unsupervised objective on the task's
 unlabeled text, before it learns to classify (the paper's third method).
 
-Decoders (``pooling: last``) train as causal language models, encoders as masked language
-models. The weights are saved as a Hugging Face folder that the classifier then loads in
+Each model declares its objective (``objective: causal_lm`` for decoders, ``masked_lm`` for
+encoders). The weights are saved as a Hugging Face folder that the classifier then loads in
 place of the pretrained ones, for the ceiling and the transfer alike, so PGR stays
 comparable.
 """
@@ -26,9 +26,7 @@ from w2s_lightning.module import adamw_schedule
 UNLABELED_SPLITS = ("train_a", "train_b")
 
 
-def is_causal(model_cfg: DictConfig) -> bool:
-    """Decoders classify from their last token; they are the ones with a causal LM head."""
-    return model_cfg.pooling == "last"
+LM_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
 
 
 class LanguageModelModule(pl.LightningModule):
@@ -40,7 +38,7 @@ class LanguageModelModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
         if not torch.isfinite(loss):
-            raise TrainingError(f"generative fine-tuning: the loss is {loss.item()}; lower generative.lr "
+            raise TrainingError(f"generative fine-tuning: the loss is {loss.item()}; lower method.lr "
                                 f"(now {self.lr:g}) or use trainer.precision=32-true.")
         self.log("generative/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
@@ -49,25 +47,24 @@ class LanguageModelModule(pl.LightningModule):
         return adamw_schedule(self, [p for p in self.parameters() if p.requires_grad], self.lr)
 
 
-def finetune(
-    cfg: DictConfig, model_cfg: DictConfig, splits: datasets.DatasetDict, trainer: pl.Trainer, out: Path,
-) -> None:
-    """Train ``model_cfg``'s language-model objective on the pool's texts; save to ``out/model``."""
+def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict,
+             trainer: pl.Trainer, out: Path) -> None:
+    """Train ``model_cfg``'s language-model objective on the pool's texts for ``options``
+    (lr, mlm_probability); save to ``out/model``."""
     tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
-    causal = is_causal(model_cfg)
     # Seeded: an encoder's MLM head is missing from the zoo's checkpoints and starts random.
-    model = load_pretrained(AutoModelForCausalLM if causal else AutoModelForMaskedLM, model_cfg, cfg.paths.zoo_dir,
-                            seed=cfg.seed, dropout=cfg.train.dropout)
+    model = load_pretrained(LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed,
+                            dropout=cfg.train.dropout)
     texts = datasets.concatenate_datasets([splits[name] for name in UNLABELED_SPLITS]).select_columns(["text"])
     tokenized = texts.map(
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=model_cfg.max_length),
         batched=True, remove_columns=["text"], desc="tokenize unlabeled text",
     ).with_format("python")
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=not causal,
-                                               mlm_probability=cfg.generative.mlm_probability)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=model_cfg.objective == "masked_lm",
+                                               mlm_probability=options["mlm_probability"])
     loader = DataLoader(tokenized, batch_size=model_cfg.minibatch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    module = LanguageModelModule(model, lr=cfg.generative.lr or model_cfg.lr)
+    module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr)
     trainer.fit(module, train_dataloaders=loader)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

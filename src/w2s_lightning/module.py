@@ -29,14 +29,14 @@ class W2SModule(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_scheduler: str = "cosine",
         warmup_frac: float = 0.0,
-        stage: str = "train",
+        role: str = "train",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["classifier", "loss"])
         self.classifier = classifier
         self.loss = loss
         self.val_metrics = binary_metrics("val/")
-        # Agreement with the stage's own supervisor on val: what train.select=weak_val uses.
+        # Agreement with the stage's own supervisor on val: what select=weak_val uses.
         self.val_supervisor_acc = BinaryAccuracy()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -49,7 +49,7 @@ class W2SModule(pl.LightningModule):
         loss = self.loss(logits, batch["target"], step_frac)
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"stage '{self.hparams.stage}': the loss is {loss.item()} at step {self.global_step}. "
+                f"stage '{self.hparams.role}': the loss is {loss.item()} at step {self.global_step}. "
                 f"Lower the learning rate (now {self.hparams.lr:g}, e.g. model@strong.lr=...), "
                 "or train in full precision (trainer.precision=32-true)."
             )

@@ -1,0 +1,235 @@
+"""Builds a recipe's stage requests, each once, through the stage cache.
+
+For every request the runner asks ``stage_key`` for its spec, and the cache either hands
+back the folder built earlier under that key or builds it now: train (or relabel), select the
+checkpoint, predict, and write ``predictions.safetensors`` and ``metrics.json``. The task's
+splits are never changed; a request's rows are cut from them by ``Rows.indices``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import datasets
+import hydra
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from w2s_lightning import generative, stage_key, tracking
+from w2s_lightning.cache import StageCache
+from w2s_lightning.data import FeatureDataModule, TaskDataModule
+from w2s_lightning.errors import ConfigError
+from w2s_lightning.methods import LABELLER, StageRequest, import_function
+from w2s_lightning.metrics import agreement, evaluate
+from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer
+from w2s_lightning.module import W2SModule
+from w2s_lightning.results import FEATURES, StageResult
+
+log = logging.getLogger(__name__)
+
+
+class FeatureModule(pl.LightningModule):
+    """Predicts a classifier's pooled features (for linear probes); never trains."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self.classifier.pool(batch["input_ids"], batch["attention_mask"])
+
+
+def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
+    if cfg.train.batch_size % model_cfg.minibatch_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is not a multiple of "
+            f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}; change one of them."
+        )
+    return cfg.train.batch_size // model_cfg.minibatch_size
+
+
+class StageRunner:
+    """The stages of one experiment over one set of splits, by role."""
+
+    def __init__(self, cfg: DictConfig, splits: datasets.DatasetDict):
+        self.cfg = cfg
+        self.splits = splits
+        self.data_key = stage_key.fingerprint(splits)
+        self.cache = StageCache(cfg.paths.stage_dir)
+
+    def run(self, requests: list[StageRequest]) -> dict[str, StageResult]:
+        built: dict[str, StageResult] = {}
+        for request in requests:
+            if request.role in built:
+                raise ConfigError(f"the method asks for the role {request.role!r} twice; roles name one stage each.")
+            built[request.role] = self.build(request, built)
+        return built
+
+    def build(self, request: StageRequest, built: dict[str, StageResult]) -> StageResult:
+        needs = {name: getattr(request, name) for name in ("supervisor", "init") if getattr(request, name)}
+        for name, role in needs.items():
+            if role not in built:
+                raise ConfigError(f"stage {request.role!r} names {role!r} as its {name}, but no earlier request "
+                                  f"builds it; built so far: {sorted(built)}.")
+        supervisor, init = (built.get(needs.get(name)) for name in ("supervisor", "init"))
+        request = replace(request, predicts=tuple(n for n in request.predicts if len(self.splits[n])))  # n_val=0
+        features = None
+        if request.kind == "classifier" and self.cfg.finetune.name == "probe":
+            features = self.build(StageRequest(FEATURES, request.model, init=request.init, kind="features",
+                                               predicts=("train_a", *LABELLER)), built)
+        keys = {"supervisor": supervisor and supervisor.key, "init": init and init.key,
+                "features": features and features.key}
+        spec = stage_key.spec(self.cfg, self.data_key, request, keys)
+        builder = getattr(self, f"_{request.kind}")
+        folder, reused = self.cache.get_or_build(stage_key.kind_of(request), spec,
+                                                 lambda out: builder(out, request, supervisor, init, features))
+        model = request.model.name if request.model is not None else f"{supervisor.model} relabelled"
+        if reused:
+            log.info("%s: reusing %s (%s) from the cache, not retraining: %s", request.role, model, request.kind, folder)
+        return StageResult.load(request.role, model, folder, reused)
+
+    # ------------------------------------------------------------ builders, one per kind
+
+    def _generative(self, out: Path, request: StageRequest, *_) -> None:
+        model_cfg = request.model
+        log.info("generative: fine-tuning %s on the task's unlabeled text (%s)", model_cfg.name, model_cfg.objective)
+        logger = tracking.stage_logger(self.cfg, request.role, model_cfg.name)
+        trainer = self.trainer(model_cfg, request.options["epochs"], out, logger)
+        with tracking.finished_when_done(logger):
+            generative.finetune(self.cfg, model_cfg, request.options, self.splits, trainer, out)
+
+    def _features(self, out: Path, request: StageRequest, supervisor, init: StageResult | None, _) -> None:
+        log.info("features: computing %s's frozen features of every split", request.model.name)
+        classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
+        datamodule = self.datamodule(request, self.splits, {}, None)
+        outputs = self.trainer(request.model, 1, out, False).predict(FeatureModule(classifier), datamodule=datamodule)
+        self.save(out, datamodule, request.predicts, outputs)
+
+    def _relabel(self, out: Path, request: StageRequest, supervisor: StageResult, *_) -> None:
+        log.info("%s: %s applied to %s's labels", request.role, request.options["fn"], supervisor.role)
+        relabelled = import_function(request.options["fn"])(supervisor.predictions)
+        save_file({n: relabelled[n].float().contiguous() for n in request.predicts}, str(out / "predictions.safetensors"))
+        test_labels = torch.tensor(self.splits["test"]["label"])
+        (out / "metrics.json").write_text(json.dumps(evaluate(relabelled["test"], test_labels), indent=2))
+
+    def _classifier(self, out: Path, request: StageRequest, supervisor: StageResult | None,
+                    init: StageResult | None, features: StageResult | None) -> None:
+        """Fit on the request's rows, select the checkpoint ``select`` asks for (students only),
+        predict, and write the predictions and metrics into ``out``."""
+        started, cfg, model_cfg, rows = time.time(), self.cfg, request.model, request.rows
+        log.info("%s: training %s on %s", request.role, model_cfg.name,
+                 f"{supervisor.role}'s labels of {rows.name}" if supervisor else "ground truth")
+        splits, targets = self.with_rows(request), self.targets(request, supervisor)
+        if features is not None:
+            features = {**features.predictions, rows.name: self.cut(request, features.predictions[rows.split])}
+            classifier = LinearProbe(features["train_a"].shape[1])
+        else:
+            classifier = load_classifier(self.weights(model_cfg, init), cfg.paths.zoo_dir, cfg.finetune,
+                                         seed=cfg.seed, dropout=cfg.train.dropout)
+        datamodule = self.datamodule(request, splits, targets, features)
+        module = W2SModule(
+            classifier, hydra.utils.instantiate(request.loss.fn), lr=cfg.finetune.lr or model_cfg.lr,
+            head_lr=cfg.train.head_lr, weight_decay=cfg.train.weight_decay, lr_scheduler=cfg.train.lr_scheduler,
+            warmup_frac=cfg.train.warmup_frac, role=request.role,
+        )
+        logger = tracking.stage_logger(cfg, request.role, model_cfg.name)
+        trainer = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger,
+                               student=supervisor is not None)
+        with tracking.finished_when_done(logger):
+            trainer.fit(module, datamodule=datamodule)
+            train_seconds = time.time() - started
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+            predictions = self.save(out, datamodule, request.predicts,
+                                    trainer.predict(module, datamodule=datamodule, ckpt_path=best or None))
+            truth = {name: torch.tensor(self.splits[name]["label"]) for name in request.predicts}
+            metrics = evaluate(predictions["test"], truth["test"])
+            # Calibration where a researcher may look without touching test: on val, and, for a
+            # stage that supervises another, on the labels it hands on (half B).
+            for prefix, name in (("val", "val"), ("label", "train_b")):
+                if name in predictions:
+                    metrics.update({f"{prefix}_{k}": v for k, v in evaluate(predictions[name], truth[name]).items()})
+            if supervisor:
+                metrics.update(agreement(predictions["test"], supervisor.predictions["test"], truth["test"]))
+            metrics.update(
+                train_seconds=train_seconds, total_seconds=time.time() - started, n_train=len(splits[rows.name]),
+                selection=cfg.select.name if supervisor else "last",
+                selected_step=int(Path(best).stem.split("step=")[1]) if best else trainer.global_step,
+            )
+            if logger:
+                logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the selected weights served their purpose
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    # ------------------------------------------------------------ parts
+
+    def with_rows(self, request: StageRequest) -> datasets.DatasetDict:
+        """The task's splits plus the request's rows under their own name (``Rows.name``): a new
+        dict, so the splits themselves never change."""
+        rows = request.rows
+        indices = rows.indices(len(self.splits[rows.split]))
+        return datasets.DatasetDict({**self.splits, rows.name: self.splits[rows.split].select(indices)})
+
+    def cut(self, request: StageRequest, values: torch.Tensor) -> torch.Tensor:
+        """The part of ``values`` (one per row of the request's split) that its rows cover."""
+        indices = request.rows.indices(len(self.splits[request.rows.split]))
+        return values[indices.start:indices.stop]
+
+    def targets(self, request: StageRequest, supervisor: StageResult | None) -> dict[str, torch.Tensor]:
+        """What a student trains and validates on: its supervisor's soft labels of its rows and
+        of ``val``, row for row. Nothing for a stage on ground truth."""
+        if supervisor is None:
+            return {}
+        if request.rows.split not in supervisor.predictions:
+            raise ConfigError(f"stage {request.role!r} trains on {supervisor.role}'s labels of {request.rows.split}, "
+                              f"but {supervisor.role} predicts only {sorted(supervisor.predictions)}.")
+        return {request.rows.name: self.cut(request, supervisor.predictions[request.rows.split]),
+                "val": supervisor.predictions.get("val", torch.empty(0))}
+
+    def trainer(self, model_cfg: DictConfig, epochs: int, out: Path, logger, student: bool = False) -> pl.Trainer:
+        """A Trainer from ``conf/trainer``. A student also gets the callbacks of its selection
+        rule (``conf/select``): a ``ModelCheckpoint`` that keeps its best weights under
+        ``out/checkpoints``, perhaps ``EarlyStopping``. Lightning's own checkpointing is on
+        exactly when such a callback is there."""
+        callbacks = [hydra.utils.instantiate(c) for c in self.cfg.select.callbacks.values() if c] if student else []
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.dirpath = str(out / "checkpoints")
+        return hydra.utils.instantiate(
+            self.cfg.trainer, max_epochs=epochs, accumulate_grad_batches=accumulation(self.cfg, model_cfg),
+            logger=logger, default_root_dir=self.cfg.paths.output_dir, callbacks=callbacks,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            val_check_interval=self.cfg.select.val_every,
+        )
+
+    def datamodule(self, request: StageRequest, splits: datasets.DatasetDict, targets: dict[str, torch.Tensor],
+                   features: dict[str, torch.Tensor] | None) -> TaskDataModule:
+        model_cfg = request.model
+        common = dict(train_split=request.rows.name, predict_splits=list(request.predicts),
+                      targets={name: t.numpy() for name, t in targets.items()},
+                      minibatch_size=model_cfg.minibatch_size, eval_batch_size=model_cfg.eval_batch_size)
+        if features is not None:
+            return FeatureDataModule(splits, features, **common)
+        return TaskDataModule(splits, load_tokenizer(model_cfg, self.cfg.paths.zoo_dir), max_length=model_cfg.max_length,
+                              seed=self.cfg.seed, length_buckets=self.cfg.train.length_buckets, **common)
+
+    @staticmethod
+    def save(out: Path, datamodule: TaskDataModule, names: tuple[str, ...], outputs) -> dict[str, torch.Tensor]:
+        """Predictions per split, back in row order, written to ``out/predictions.safetensors``."""
+        if len(names) == 1:  # Lightning unnests a single loader's batches
+            outputs = [outputs]
+        predictions = {n: datamodule.in_row_order(n, torch.cat(b).float()).contiguous() for n, b in zip(names, outputs)}
+        save_file(predictions, str(out / "predictions.safetensors"))
+        return predictions
+
+    @staticmethod
+    def weights(model_cfg: DictConfig, init: StageResult | None) -> DictConfig:
+        """``model_cfg``, loading from a generative stage's weights when there is one."""
+        return model_cfg if init is None else OmegaConf.merge(model_cfg, {"path": str(Path(init.path) / "model")})

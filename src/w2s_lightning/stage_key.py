@@ -1,0 +1,65 @@
+"""The one place that decides a stage's cache key: everything that changes its result, and
+nothing that does not (logging, paths, display settings).
+
+A stage's spec holds the formatted rows' fingerprint, the task, the seed, the model, the
+Trainer's settings (precision, max_steps, limit_train_batches, gradient clipping, devices, ...)
+and what its request asks for: its rows, its supervisor's key, its loss, the weights it
+starts from. The cache stores the stage under ``<kind>-<hash of the spec>``.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from w2s_lightning.cache import content_key
+from w2s_lightning.methods import StageRequest
+
+# Bump when the artifacts of a stage change meaning, so old cache entries are not reused.
+# 4: stages are built from requests (rows as split/part, the selection group, the
+# ground-truth loss and the model schema's fields in the key).
+STAGE_FORMAT = 4
+GROUND_TRUTH = "ground_truth"
+# Trainer settings that change only what is shown, never a stage's result.
+DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
+
+
+def plain(node: DictConfig | None):
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def fingerprint(splits) -> str:
+    """A hash of every split's texts and labels: stage keys follow the data itself, so edited
+    files, another hub revision or a changed formatter never reuse stale stages."""
+    return content_key({name: [list(rows["text"]), list(rows["label"])] for name, rows in splits.items()})
+
+
+def kind_of(request: StageRequest) -> str:
+    """The cache folder's prefix: ``gt`` for a classifier on ground truth (whichever role it
+    plays), ``transfer`` for one on a supervisor's labels, else the request's kind."""
+    if request.kind == "classifier":
+        return "transfer" if request.supervisor else "gt"
+    return request.kind
+
+
+def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, str | None]) -> dict:
+    """The spec of ``request``; ``keys`` holds the cache keys of the stages it depends on
+    (``supervisor``, ``init``, ``features``)."""
+    common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": plain(cfg.task)}
+    if request.kind == "relabel":  # no model trains: the function and its input decide everything
+        return {**common, "relabel": request.options["fn"], "supervisor": keys["supervisor"],
+                "predicts": list(request.predicts)}
+    trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in DISPLAY_ONLY_TRAINER_KEYS}
+    common.update(model=plain(request.model), trainer=trainer, init=keys.get("init"))
+    if request.kind == "generative":
+        return {**common, "generative": dict(request.options), "batch_size": cfg.train.batch_size}
+    if request.kind == "features":
+        return {**common, "features": True}
+    return {
+        **common, "train": plain(cfg.train), "finetune": plain(cfg.finetune), "loss": plain(request.loss),
+        # Model selection is a student's method: a stage on ground truth always keeps its last
+        # weights, so PGRs of every selection rule share their end points.
+        "select": plain(cfg.select) if request.supervisor else None,
+        "labels": keys["supervisor"] if request.supervisor else GROUND_TRUTH,
+        "rows": [request.rows.split, request.rows.part, request.rows.parts],
+        "predicts": list(request.predicts), "features": keys.get("features"),
+    }

@@ -1,0 +1,160 @@
+"""The report's tables: one record per finished experiment, then per-pair means and intervals
+over seeds, and per (task, method, loss) the median PGR over valid pairs.
+
+Every config value that varies inside one (task, method, loss, weak, strong) group of a sweep,
+such as ``loss.fn.aux_coef`` or ``train.epochs``, becomes a column of its own (a *variant*),
+so runs that differ in it are never averaged together nor counted as seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+from w2s_lightning.results import BOOTSTRAP, CEILING, PGR_ROLES, TRANSFER, WEAK, Results, is_rung
+
+# Stage metrics copied into a record as <role>_<metric> (NaN where a stage lacks one).
+STAGE_EXTRAS = {WEAK: ("val_ece", "label_ece", "label_margin"), CEILING: ("val_ece", "val_margin"),
+                TRANSFER: ("val_margin",)}
+# Per-pair means shown beside PGR (NaN where a run has no such stage or metric).
+OPTIONAL_MEANS = ("pgr_auroc", "transfer_ece", "agreement", "agreement_where_weak_wrong", "bootstrap_acc",
+                  "pgr_bootstrap", *(f"{role}_{m}" for role, metrics in STAGE_EXTRAS.items() for m in metrics))
+PAIR = ["task", "method", "loss", "weak", "strong"]
+# Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
+# what does not change results (where files go, logging, which command ran).
+NOT_VARIANTS = ("seed", "command", "paths.", "logger.", "report.")
+
+
+def record(record: dict) -> dict:
+    """One row per finished experiment (a ``results.json`` record): the pair, the seed, the
+    three accuracies and PGR, and the optional metrics of ``OPTIONAL_MEANS``."""
+    results = Results.from_dict(record)
+    stage = results.acc
+    row = {
+        "task": results.task, "method": results.method, "loss": results.loss, "seed": results.seed,
+        "weak": results.weak_model, "strong": results.strong_model,
+        "weak_params": float(results.config["weak"]["params"]),
+        "strong_params": float(results.config["strong"]["params"]),
+        **{f"{role}_acc": stage(role) for role in PGR_ROLES},
+        **{f"{role}_auroc": stage(role, "auroc") for role in PGR_ROLES},
+        "pgr": results.pgr(), "pgr_auroc": results.pgr(metric="auroc"), "pgr_status": results.pgr_status,
+        **{f"{role}_{m}": stage(role, m) for role, metrics in STAGE_EXTRAS.items() for m in metrics},
+        "transfer_ece": stage(TRANSFER, "ece"), "agreement": stage(TRANSFER, "agreement"),
+        "agreement_where_weak_wrong": stage(TRANSFER, "agreement_where_supervisor_wrong"),
+        # Bootstrapping: the last rung is the strong model, beside the direct transfer.
+        "bootstrap_acc": stage(BOOTSTRAP), "pgr_bootstrap": results.pgr(BOOTSTRAP),
+    }
+    for role in (r for r in results.stages if is_rung(r)):  # every intermediate rung, in order
+        row[f"{role}_model"], row[f"{role}_acc"] = results.stages[role].model, stage(role)
+    return row
+
+
+def interval(values: pd.Series) -> tuple[float, float, float]:
+    """Mean and Student-t 95% interval; the interval is NaN with fewer than two values."""
+    values = values.dropna()
+    mean = values.mean() if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
+    """The config values that vary inside a (task, method, loss, weak, strong) group, other
+    than the seed, as columns beside ``records``: what a sweep varied beyond the pair."""
+    settings = pd.json_normalize(configs).set_axis(records.index)  # nested keys as "a.b.c" columns
+    settings = settings[[c for c in settings.columns if not c.startswith(NOT_VARIANTS)]].astype(str)
+    pair = records[PAIR].astype(str).agg("|".join, axis=1)
+    varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
+    return records.join(settings[varying])
+
+
+def variants(table: pd.DataFrame) -> list[str]:
+    """The variant columns of a table (dotted config keys)."""
+    return [c for c in table.columns if "." in c]
+
+
+def _status(group: pd.DataFrame) -> str:
+    if group["weak_params"].iloc[0] == group["strong_params"].iloc[0]:
+        return "same size"
+    flagged = group["pgr_status"][group["pgr_status"] != "ok"]
+    return "; ".join(f"{s} ({n}/{len(group)} seeds)" for s, n in flagged.value_counts().items()) or "ok"
+
+
+def pair_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method, loss, variants, weak, strong): accuracies and PGR, means over seeds,
+    the intervals of PGR and of the transfer's accuracy, and whether PGR is to be read."""
+    rows = []
+    keys = PAIR + variants(records)
+    for pair, group in records.groupby(keys, sort=False, dropna=False):
+        mean, low, high = interval(group["pgr"])
+        _, acc_low, acc_high = interval(group["transfer_acc"])
+        rows.append({
+            **dict(zip(keys, pair)), "seeds": len(group),
+            **{f"{role}_acc": group[f"{role}_acc"].mean() for role in PGR_ROLES},
+            "transfer_acc_low": acc_low, "transfer_acc_high": acc_high,
+            "pgr": mean, "pgr_low": low, "pgr_high": high,
+            **{column: group[column].mean() for column in OPTIONAL_MEANS},
+            **{column: (group[column].mean() if column.endswith("_acc") else group[column].iloc[0])
+               for column in group.columns if is_rung(column.split("_")[0])},
+            "status": _status(group),
+            "weak_params": group["weak_params"].iloc[0], "strong_params": group["strong_params"].iloc[0],
+        })
+    table = pd.DataFrame(rows).sort_values(["task", "method", "loss", *variants(records), "weak_params",
+                                            "strong_params"])
+    return table.drop(columns=["weak_params", "strong_params"]).reset_index(drop=True)
+
+
+def summary_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method, loss, variants): median PGR over the valid pairs of each seed, then
+    mean and interval over seeds, with the pairs used and the runs left out counted."""
+    rows = []
+    keys = ["task", "method", "loss", *variants(records)]
+    for values, group in records.groupby(keys, sort=True, dropna=False):
+        same_size = group["weak_params"] == group["strong_params"]
+        valid = group[~same_size & (group["pgr_status"] == "ok")]
+        mean, low, high = interval(valid.groupby("seed")["pgr"].median())
+        rows.append({
+            **dict(zip(keys, values)), "median_pgr": mean, "pgr_low": low, "pgr_high": high,
+            "seeds": group["seed"].nunique(),
+            "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
+            "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
+            "ceiling_le_weak_left_out": int((~same_size & (group["pgr_status"] == "ceiling <= weak")).sum()),
+            "gap_within_noise_left_out": int((~same_size & (group["pgr_status"] == "gap within noise")).sum()),
+            "median_pgr_bootstrap": valid.groupby("seed")["pgr_bootstrap"].median().mean(),
+        })
+    return pd.DataFrame(rows)
+
+
+def tables(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-pair and the summary table of a list of ``results.json`` contents."""
+    records = pd.DataFrame([record(r) for r in results])
+    records = variant_columns(records, [r["config"] for r in results])
+    return pair_table(records), summary_table(records)
+
+
+def accounting(results: list[dict], skipped: list[dict]) -> dict:
+    """How many stages the sweep trained and reused: the check that each ground-truth model
+    (task, model, seed) was trained once however many pairs and losses used it."""
+    used = {"gt": set(), "transfer": set()}
+    trained = {"gt": set(), "transfer": set()}
+    for result in results:
+        for stage in result["stages"].values():
+            kind = stage["key"].split("-")[0]  # the cache folder's prefix: gt, transfer, generative, ...
+            if kind in used:
+                used[kind].add(stage["key"])
+                if stage.get("reused") is False:
+                    trained[kind].add(stage["key"])
+    models = {(r["task"], r[f"{role}_model"], r["seed"]) for r in results for role in ("weak", "strong")}
+    return {
+        "experiments": len(results),
+        "skipped_jobs": len(skipped),
+        "ground_truth_models": len(models),
+        "ground_truth_stages_used": len(used["gt"]),
+        "ground_truth_stages_trained_here": len(trained["gt"]),
+        "transfer_stages_used": len(used["transfer"]),
+        "transfer_stages_trained_here": len(trained["transfer"]),
+    }
+
