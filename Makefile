@@ -1,11 +1,14 @@
 # `make run`: install everything (package, dev tools, offline model zoo) and run the
-# offline default experiment. `make test`: install, then run the test suite.
+# offline default experiment. `make test`: install, then run the test suite in two tiers,
+# the fast one first (`make test-fast` alone: under two minutes), and print both tiers' times.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+ARGS ?= experiment=quickstart
+
+.PHONY: install run test test-fast clean
 
 install: $(STAMP)
 
@@ -20,7 +23,14 @@ run: install
 	$(PY) run.py $(ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@start=$$(date +%s); \
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); fast=$$?; middle=$$(date +%s); \
+	$(PY) -m pytest -m slow $(PYTEST_ARGS); slow=$$?; end=$$(date +%s); \
+	echo "make test: fast tier $$((middle - start)) s (exit $$fast), slow tier $$((end - middle)) s (exit $$slow)"; \
+	[ $$fast -eq 0 ] && [ $$slow -eq 0 ]
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf .cache outputs .pytest_cache

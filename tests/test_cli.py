@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test starts run.py: about ten seconds of imports apiece
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -24,6 +24,7 @@ def spec_of(stage: dict) -> dict:
     return json.loads((Path(stage["path"]) / "spec.json").read_text())
 
 
+@pytest.mark.slow
 def test_bootstrapping_chains_labels_through_disjoint_parts_of_half_b(make_cfg, tiny_overrides, tiny_bert):
     cfg = make_cfg(*tiny_overrides, *TINY_RUNG, f"chain.rungs.minilm_l6.path={tiny_bert}")
     results = pipeline.run(cfg)
@@ -55,6 +56,7 @@ def test_rungs_without_the_bootstrap_method_are_refused(make_cfg, tiny_overrides
         pipeline.check_config(make_cfg(*tiny_overrides, "method=bootstrap"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strong", ["tiny_llama", "tiny_bert"])
 def test_generative_finetuning_changes_the_strong_weights_for_ceiling_and_transfer(
         make_cfg, tiny_overrides, tiny_llama, tiny_bert, strong, caplog):
@@ -77,6 +79,7 @@ def test_generative_finetuning_changes_the_strong_weights_for_ceiling_and_transf
     assert results["method"] == "generative"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("select,monitor", [("weak_val", "val/supervisor_acc"), ("oracle_val", "val/acc")])
 def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_overrides, select, monitor):
     cfg = make_cfg(*tiny_overrides, f"select={select}", "train.epochs=2", "select.val_every=0.5")
@@ -92,6 +95,7 @@ def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_o
         assert not (Path(stage["path"]) / "checkpoints").exists()  # checkpoints are not kept in the cache
 
 
+@pytest.mark.slow
 def test_weak_val_selection_validates_the_transfer_against_the_weak_labels(make_cfg, tiny_overrides):
     cfg = make_cfg(*tiny_overrides, "select=weak_val")
     results = pipeline.run(cfg)
@@ -107,11 +111,13 @@ def test_weak_val_selection_validates_the_transfer_against_the_weak_labels(make_
     assert datamodule.prepared["val"]["target"] == pytest.approx(weak_val.tolist())  # not the ground truth
 
 
+@pytest.mark.slow
 def test_selection_settings_that_cannot_work_are_refused(make_cfg, tiny_overrides):
     with pytest.raises(ConfigError, match="set task.n_val > 0"):
         pipeline.run(make_cfg(*tiny_overrides, "select=weak_val", "task.n_val=0"))
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_the_student_on_its_supervisors_labels(make_cfg, tiny_overrides):
     cfg = make_cfg(*tiny_overrides, "select=weak_val_early_stop", "train.epochs=6", "select.val_every=1.0",
                    "select.callbacks.early_stopping.patience=1")
@@ -121,6 +127,7 @@ def test_early_stopping_stops_the_student_on_its_supervisors_labels(make_cfg, ti
     assert transfer["selection"] == "weak_val_early_stop" and 1 <= transfer["selected_step"] <= 18
 
 
+@pytest.mark.slow
 def test_linear_probes_compute_features_once_and_train_only_the_head(make_cfg, tiny_overrides, caplog):
     caplog.set_level(logging.INFO, logger="w2s_lightning")
     cfg = make_cfg(*tiny_overrides, "finetune=probe")
@@ -137,6 +144,7 @@ def test_linear_probes_compute_features_once_and_train_only_the_head(make_cfg, t
     assert again["stages"]["weak"]["reused"] and not again["stages"]["transfer"]["reused"]
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_the_head_only(make_cfg, tiny_overrides):
     cfg = make_cfg(*tiny_overrides, "finetune=lora")
     classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, cfg.finetune)
@@ -147,6 +155,7 @@ def test_lora_trains_adapters_and_the_head_only(make_cfg, tiny_overrides):
     assert results["config"]["finetune"]["name"] == "lora" and 0 <= results["stages"]["transfer"]["acc"] <= 1
 
 
+@pytest.mark.slow
 def test_every_stage_reports_calibration_and_transfers_report_agreement(make_cfg, tiny_overrides):
     results = pipeline.run(make_cfg(*tiny_overrides))
     for stage in results["stages"].values():
@@ -175,6 +184,7 @@ def test_lora_wraps_the_paper_ladders_architectures(family):
     assert classifier(ids, torch.ones_like(ids)).shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_generative_finetuning_of_a_model_that_cannot_load_says_why(make_cfg, tiny_overrides, tmp_path):
     from w2s_lightning.errors import ModelError
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from w2s_lightning import pipeline
@@ -10,6 +11,7 @@ from w2s_lightning import pipeline
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
+@pytest.mark.slow
 def test_explore_run_notebook_executes(make_cfg, tiny_overrides, monkeypatch):
     cfg = make_cfg(*tiny_overrides)
     pipeline.run(cfg)

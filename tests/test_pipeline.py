@@ -16,6 +16,7 @@ def read_results(cfg) -> dict:
     return json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_whole_pipeline_then_a_second_loss_reuses_weak_labels_and_ceiling(make_cfg, tiny_overrides, caplog):
     caplog.set_level(logging.INFO, logger="w2s_lightning")
     first = make_cfg(*tiny_overrides, "loss=xent")
@@ -54,6 +55,7 @@ def test_whole_pipeline_then_a_second_loss_reuses_weak_labels_and_ceiling(make_c
     assert rerun["stages"]["transfer"]["acc"] == again["stages"]["transfer"]["acc"]
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_the_logged_metrics(make_cfg, tiny_overrides):
     cfg = make_cfg(*tiny_overrides, "logger.mode=offline", "seed=7")
     results = pipeline.run(cfg)
@@ -76,6 +78,7 @@ def test_wandb_offline_runs_hold_the_logged_metrics(make_cfg, tiny_overrides):
     assert summary["transfer/acc"] == pytest.approx(results["stages"]["transfer"]["acc"])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_advice_and_caches_nothing(make_cfg, tiny_overrides):
     cfg = make_cfg(*tiny_overrides, "weak.lr=1e30")
     with pytest.raises(TrainingError, match="Lower the learning rate"):
@@ -100,6 +103,7 @@ def test_cpu_precision_follows_the_cpu(make_cfg):
     assert make_cfg().trainer.precision == ("bf16-mixed" if native_bf16 else "32-true")
 
 
+@pytest.mark.slow
 def test_a_crashed_transfer_keeps_the_finished_stages(make_cfg, tiny_overrides):
     # A NaN-producing loss makes the transfer fail after weak and ceiling have finished.
     with pytest.raises(TrainingError, match="stage 'transfer'"):
@@ -109,6 +113,7 @@ def test_a_crashed_transfer_keeps_the_finished_stages(make_cfg, tiny_overrides):
     assert not retry["stages"]["transfer"]["reused"]
 
 
+@pytest.mark.slow
 def test_same_config_in_a_fresh_cache_gives_the_same_numbers(make_cfg, tiny_overrides, tmp_path):
     first = pipeline.run(make_cfg(*tiny_overrides))
     again = pipeline.run(make_cfg(*tiny_overrides, f"paths.cache_dir={tmp_path / 'other-cache'}"))
@@ -118,6 +123,7 @@ def test_same_config_in_a_fresh_cache_gives_the_same_numbers(make_cfg, tiny_over
         assert again["stages"][role]["auroc"] == pytest.approx(first["stages"][role]["auroc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_students_learn_their_supervisors_labels_of_their_own_rows(make_cfg, tiny_overrides, tiny_bert):
     cfg = make_cfg(*tiny_overrides, "method=bootstrap", "chain=minilm_l6", f"chain.rungs.minilm_l6.path={tiny_bert}",
                    "chain.rungs.minilm_l6.minibatch_size=16")
@@ -134,6 +140,7 @@ def test_students_learn_their_supervisors_labels_of_their_own_rows(make_cfg, tin
         runner.targets(requests["transfer"], replace(weak, predictions={"test": weak.predictions["test"]}))
 
 
+@pytest.mark.slow
 def test_an_empty_validation_split_is_not_predicted(make_cfg, tiny_overrides):
     """task.n_val=0 once crashed when the weak stage predicted the empty val split."""
     results = pipeline.run(make_cfg(*tiny_overrides, "task.n_val=0"))

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from w2s_lightning import pipeline
 
 
@@ -12,6 +14,7 @@ def test_quickstart_composes_to_the_offline_default(make_cfg):
     assert cfg.task.n_test >= 1000 and cfg.weak.path == "zoo:minilm_l3"
 
 
+@pytest.mark.slow
 def test_quickstart_runs_on_real_zoo_models(make_cfg, capsys):
     cfg = make_cfg("experiment=quickstart", "task.n_train=400", "task.n_val=40", "task.n_test=400")
     results = pipeline.run(cfg)

@@ -76,6 +76,7 @@ def ladder_sweep(tmp_path_factory, tiny_ladder_conf):
     return sweep_dir, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_ladder_sweep_trains_each_ground_truth_model_once(ladder_sweep):
     sweep_dir, log = ladder_sweep
     assert "Launching 18 jobs locally" in log
@@ -94,6 +95,7 @@ def test_ladder_sweep_trains_each_ground_truth_model_once(ladder_sweep):
         assert log.count(f"training {model} on ground truth") == 1
 
 
+@pytest.mark.slow
 def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep, tmp_path):
     sweep_dir, _ = ladder_sweep
     done = run_py(tmp_path / "cache", "command=report", f"report.dir={sweep_dir}", f"hydra.run.dir={tmp_path / 'run'}",
@@ -132,6 +134,7 @@ def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep,
     assert (tmp_path / "cli" / "summary.csv").read_text() == (out / "summary.csv").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_runs_share_one_wandb_group_with_a_job_type_per_stage(ladder_sweep):
     sweep_dir, _ = ladder_sweep
     runs = []
@@ -147,6 +150,7 @@ def test_sweep_runs_share_one_wandb_group_with_a_job_type_per_stage(ladder_sweep
     assert {r["job_type"] for r in runs} == {"weak", "ceiling", "transfer", "summary"}
 
 
+@pytest.mark.slow
 def test_paper_figures_notebook_draws_from_a_results_folder(ladder_sweep, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
@@ -160,6 +164,7 @@ def test_paper_figures_notebook_draws_from_a_results_folder(ladder_sweep, monkey
     assert len(images) == 2  # the accuracy figure of sst2 and the PGR bars
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_conf, tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=local_parallel",
@@ -178,6 +183,7 @@ def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_c
     assert sorted(name.split("-")[0] for name in stage_dirs) == ["gt", "gt", "transfer", "transfer"]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_ladder_conf, tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=submitit_local",
@@ -188,6 +194,7 @@ def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_ladder_co
     assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))  # submitit's own record of the job
 
 
+@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_rest_of_the_sweep(tiny_ladder_conf, tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "model@weak=tiny_a", "model@strong=tiny_b",
@@ -218,6 +225,7 @@ def test_paper_nlp_preset_composes_a_gpt2_and_qwen_ladder_on_five_tasks():
         assert ladder.hydra.sweeper.params["task"] == "sciq,boolq,sst2"
 
 
+@pytest.mark.slow
 def test_paper_nlp_starts_here_and_stops_where_the_hub_is_needed(tmp_path):
     # conftest sets HF_HUB_OFFLINE=1: CI has no hub, so loading gpt2 must fail fast and clearly.
     done = run_py(tmp_path / "cache", "experiment=paper_nlp", "trainer=cpu", f"hydra.run.dir={tmp_path / 'run'}")
@@ -226,6 +234,7 @@ def test_paper_nlp_starts_here_and_stops_where_the_hub_is_needed(tmp_path):
     assert "error: model 'gpt2': cannot load 'gpt2'" in done.stderr and "hub ids need the hub" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
 def test_gpu_trainer_without_a_gpu_says_to_use_the_cpu_trainer(tmp_path):
     done = run_py(tmp_path / "cache", "experiment=paper_nlp", f"hydra.run.dir={tmp_path / 'run'}")

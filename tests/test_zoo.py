@@ -11,7 +11,12 @@ from w2s_lightning.errors import ModelError
 SENTENCES = ["a gripping, beautifully acted film .", "the plot is a dull , lifeless mess ."]
 
 
-@pytest.mark.parametrize("name,hidden", [("minilm_l3", 384), ("minilm_l6", 384), ("mpnet_base", 768), ("smollm2_135m", 576)])
+BUILT_SLOWLY = pytest.mark.slow  # joining and unzipping 420 MB, or dequantising a GGUF: tens of seconds
+
+
+@pytest.mark.parametrize("name,hidden", [("minilm_l3", 384), ("minilm_l6", 384),
+                                         pytest.param("mpnet_base", 768, marks=BUILT_SLOWLY),
+                                         pytest.param("smollm2_135m", 576, marks=BUILT_SLOWLY)])
 def test_zoo_model_loads_and_runs_forward(name, hidden, zoo_dir):
     folder = zoo.zoo_folder(name, zoo_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -59,12 +59,15 @@ def cpu_precision() -> str:
     return "bf16-mixed" if ("amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo) else "32-true"
 
 
-def in_multirun() -> bool:
-    """Whether this is a job of a Hydra multirun (False outside a Hydra app)."""
+def in_ladder_sweep() -> bool:
+    """Whether this is a job of a Hydra multirun that sweeps models (``model@weak=...`` or
+    ``model@strong=...`` among the job's overrides, from the command line or a preset's
+    sweeper params). False for a single run, a sweep over tasks or losses, or outside Hydra."""
     try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
+        hydra_cfg = HydraConfig.get()
     except ValueError:
         return False
+    return hydra_cfg.mode == RunMode.MULTIRUN and any(o.startswith("model@") for o in hydra_cfg.overrides.task)
 
 
 def sweep_name() -> str:

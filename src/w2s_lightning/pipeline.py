@@ -63,7 +63,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def skip_reason(cfg: DictConfig, sweep: bool = True) -> str | None:
     """Why a ladder sweep skips this (weak, strong) pair, or None when it runs. Outside a
-    sweep, naming two families is itself the request to pair them."""
+    sweep over models, naming two families is itself the request to pair them."""
     if sweep and cfg.weak.family != cfg.strong.family and not cfg.ladder.cross_family:
         return (f"{cfg.weak.name} ({cfg.weak.family}) and {cfg.strong.name} ({cfg.strong.family}) are of different "
                 "families, and ladders run within one family as the paper's do; set ladder.cross_family=true to run it")
@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
 
     check_config(cfg)
-    reason = skip_reason(cfg, sweep=config.in_multirun())
+    reason = skip_reason(cfg, sweep=config.in_ladder_sweep())
     if reason:
         return skip(cfg, output_dir, reason)
 

@@ -74,12 +74,7 @@ class StageRunner:
         return built
 
     def build(self, request: StageRequest, built: dict[str, StageResult]) -> StageResult:
-        needs = {name: getattr(request, name) for name in ("supervisor", "init") if getattr(request, name)}
-        for name, role in needs.items():
-            if role not in built:
-                raise ConfigError(f"stage {request.role!r} names {role!r} as its {name}, but no earlier request "
-                                  f"builds it; built so far: {sorted(built)}.")
-        supervisor, init = (built.get(needs.get(name)) for name in ("supervisor", "init"))
+        supervisor, init = (self.earlier(request, name, built) for name in ("supervisor", "init"))
         request = replace(request, predicts=tuple(n for n in request.predicts if len(self.splits[n])))  # n_val=0
         features = None
         if request.kind == "classifier" and self.cfg.finetune.name == "probe":
@@ -95,6 +90,15 @@ class StageRunner:
         if reused:
             log.info("%s: reusing %s (%s) from the cache, not retraining: %s", request.role, model, request.kind, folder)
         return StageResult.load(request.role, model, folder, reused)
+
+    @staticmethod
+    def earlier(request: StageRequest, field: str, built: dict[str, StageResult]) -> StageResult | None:
+        """The built stage that ``request`` names as its ``field`` (supervisor, init), if any."""
+        role = getattr(request, field)
+        if role is not None and role not in built:
+            raise ConfigError(f"stage {request.role!r} names {role!r} as its {field}, but no earlier request "
+                              f"builds it; built so far: {sorted(built)}.")
+        return built.get(role)
 
     # ------------------------------------------------------------ builders, one per kind
 

@@ -1,0 +1,102 @@
+"""Every option of every config group composes, and everything in it that names a Python
+object instantiates or imports: a broken yaml fails here, not halfway through a sweep.
+Composing needs no data and trains nothing."""
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from conftest import CONF_DIR
+from w2s_lightning import methods, pipeline
+from w2s_lightning.errors import ConfigError
+
+# What an option needs beside itself to make sense (a bootstrap needs rungs).
+COMPANIONS = {"method=bootstrap": ["chain=minilm_l6"], "chain=minilm_l6": ["method=bootstrap"],
+              "chain=mpnet_base": ["method=bootstrap"]}
+# Groups chosen through a package (model@weak) or added on top (budget): how to select an option.
+SELECTORS = {"model": ["model@weak", "model@strong"], "budget": ["+budget"]}
+
+
+def options() -> list[str]:
+    found = []
+    for group_dir in sorted(p for p in Path(CONF_DIR).rglob("*") if p.is_dir()):
+        group = group_dir.relative_to(CONF_DIR).as_posix()
+        for option in sorted(group_dir.glob("*.yaml")):
+            for selector in SELECTORS.get(group, [group]):
+                found.append(f"{selector}={option.stem}")
+    return found
+
+
+def targets(node, path="") -> list[tuple[str, DictConfig]]:
+    """Every node of ``node`` that has a ``_target_``, with its dotted path."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            return [(path, node)]
+        return [found for key in node for found in targets(node._get_node(key), f"{path}.{key}".strip("."))]
+    if isinstance(node, ListConfig):
+        return [found for i, item in enumerate(node) for found in targets(item, f"{path}[{i}]")]
+    return []
+
+
+def test_the_option_list_covers_every_group():
+    groups = {o.split("=")[0] for o in options()}
+    assert {"task", "model@weak", "model@strong", "loss", "method", "select", "chain", "finetune", "train", "trainer",
+            "logger", "paths", "experiment", "+budget", "hydra/launcher"} <= groups
+
+
+@pytest.mark.parametrize("option", options())
+def test_every_option_composes_and_instantiates(option):
+    group, name = option.split("=")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[option, *COMPANIONS.get(option.lstrip("+"), []),
+                                                       "paths.output_dir=out"],  # no Hydra run: no run folder
+                      return_hydra_config=group == "hydra/launcher")
+    if group == "hydra/launcher":  # Hydra instantiates launchers itself; its class must import
+        assert hydra.utils.get_class(cfg.hydra.launcher._target_)
+        return
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    needs_gpu = cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available()
+    for path, node in targets(cfg):
+        if path == "trainer" and needs_gpu:
+            continue  # a GPU Trainer cannot be built here; check_config says so below
+        assert hydra.utils.instantiate(node) is not None, path
+    assert methods.recipe(cfg)  # the method's function imports and yields requests
+    if needs_gpu:
+        with pytest.raises(ConfigError, match="use trainer=cpu here"):
+            pipeline.check_config(cfg)
+    else:
+        pipeline.check_config(cfg)
+
+
+def test_a_model_yaml_holds_only_what_differs_from_the_schema():
+    for path in Path(CONF_DIR, "model").glob("*.yaml"):
+        model = OmegaConf.load(path)
+        assert list(model.defaults) == ["model_schema", "_self_"], path.name
+        assert {"name", "path", "family", "params", "pooling", "objective"} <= set(model), path.name
+
+
+@pytest.mark.parametrize("change,complaint", [
+    ({"lr": "fast"}, "lr"),                     # a value of the wrong type
+    ({"learning_rate": 1e-5}, "learning_rate"),  # a key the schema does not know (a typo)
+    ({"params": None}, "params"),               # a required value left out
+])
+def test_the_model_schema_refuses_a_bad_model_yaml_when_composing(tmp_path, change, complaint):
+    (tmp_path / "model").mkdir()
+    model = OmegaConf.merge(OmegaConf.load(Path(CONF_DIR, "model", "minilm_l3.yaml")), change)
+    (tmp_path / "model" / "broken.yaml").write_text(OmegaConf.to_yaml(model))
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with pytest.raises(Exception, match=complaint):
+            compose(config_name="config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "model@strong=broken"])
+
+
+def test_no_preset_is_applied_unless_named():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        bare, quickstart = (compose(config_name="config", overrides=o) for o in ([], ["experiment=quickstart"]))
+        boolq = compose(config_name="config", overrides=["task=boolq"])
+    assert (bare.task.n_train, boolq.task.n_train) == (20000, 20000)  # the task's own, paper-sized splits
+    assert quickstart.task.n_train == 2000 and quickstart.train.head_lr == 1e-3
+    assert bare.train.head_lr is None and bare.method.name == "direct" and bare.select.name == "last"

@@ -1,0 +1,62 @@
+"""Every command the README shows in a ```bash block runs as written, through the shell, from a
+fresh working folder; only appended overrides cut its sizes (fewer rows, one epoch, a sweep's
+lists cut to one value). Commands that need the hub or a GPU must stop with their clear error.
+`make run` and `make test` are not run here: CI runs `make test`, and `make run` is the first
+command below with `ARGS` at its default."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+# Appended to every run.py command: tiny splits and one epoch (one optimizer step per stage).
+SIZES = "task.n_train=64 task.n_val=16 task.n_test=32 train.epochs=1 train.batch_size=32"
+# Appended to multiruns: each swept list cut to one value (the same models, losses and tasks).
+SWEEP_CUTS = {"experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
+              "seed=0,1,2": "seed=0"}
+# Commands that stop where this machine cannot go, and what they must say.
+STOPS = {"trainer=gpu": "use trainer=cpu here"}
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [re.sub(r"\s+#[^'\"]*$", "", line).strip() for line in lines]
+    return list(dict.fromkeys(c for c in commands if c and not c.startswith("make ")))  # each once
+
+
+def test_the_readme_shows_the_commands_a_user_starts_from():
+    commands = readme_commands()
+    assert "python run.py experiment=quickstart" in commands
+    assert any(c.startswith("python run.py -m") for c in commands)
+    assert any("command=report" in c for c in commands)
+
+
+def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
+    work = tmp_path / "work"  # a fresh folder, as a new user's checkout: run.py and conf beside it
+    work.mkdir()
+    for name in ("run.py", "conf"):
+        (work / name).symlink_to(ROOT / name)
+    (work / "my.csv").write_text("title,body,verdict\n" + "".join(
+        f"Review {i},{'great' if i % 2 else 'awful'} film number {i},{'yes' if i % 2 else 'no'}\n" for i in range(160)))
+    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for command in readme_commands():
+        appended = []
+        if command.startswith("python run.py") and "command=report" not in command:
+            appended = [f"paths.zoo_dir={zoo_dir}", SIZES]  # the test session's zoo, built once
+            if " -m " in command:
+                appended += [cut for key, cut in SWEEP_CUTS.items() if key in command]
+        shell = " ".join([command, *appended])
+        done = subprocess.run(["bash", "-c", shell], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+        stop = next((message for key, message in STOPS.items() if key in command), None)
+        if stop:
+            assert done.returncode == 2 and stop in done.stderr, (shell, done.stderr[-2000:])
+        else:
+            assert done.returncode == 0, (shell, done.stderr[-3000:])
+    assert list(work.glob("outputs/multiruns/*/report/report.md"))
