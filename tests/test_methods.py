@@ -50,8 +50,12 @@ def test_bootstrapping_chains_labels_through_disjoint_parts_of_half_b(make_cfg, 
 
 
 def test_rungs_without_the_bootstrap_method_are_refused(make_cfg, tiny_overrides):
-    with pytest.raises(ConfigError, match="add method=bootstrap"):
-        pipeline.check_config(make_cfg(*tiny_overrides, "chain=minilm_l6"))
+    rung = ["chain=minilm_l6", "chain.rungs.minilm_l6.minibatch_size=16"]
+    for method in ("direct", "generative"):
+        with pytest.raises(ConfigError, match="add method=bootstrap"):
+            pipeline.check_config(make_cfg(*tiny_overrides, *rung, f"method={method}"))
+    pipeline.check_config(make_cfg(*tiny_overrides, *rung, "method=generative",
+                                   "method.then=w2s_lightning.methods.bootstrap"))
     with pytest.raises(ConfigError, match="needs intermediate models"):
         pipeline.check_config(make_cfg(*tiny_overrides, "method=bootstrap"))
 

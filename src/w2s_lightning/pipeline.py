@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from w2s_lightning import config, methods, tasks, tracking
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.models import check_pooling
-from w2s_lightning.results import PGR_ROLES, Results
+from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
 from w2s_lightning.runner import StageRunner, accumulation
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,10 @@ def check_config(cfg: DictConfig) -> None:
                 "(float32 weights, with trainer.precision=bf16-mixed for speed), or use finetune=lora or "
                 "finetune=probe, whose frozen backbone may stay in half precision."
             )
-    if cfg.chain.rungs and cfg.method.name == "direct":
-        raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method=direct trains none; "
-                          "add method=bootstrap (or drop chain=).")
+    if cfg.chain.rungs and BOOTSTRAP not in {r.role for r in requests}:
+        raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method={cfg.method.name} trains none; "
+                          "add method=bootstrap (or, for method=generative, method.then=w2s_lightning.methods.bootstrap), "
+                          "or drop chain=.")
     if cfg.select.callbacks and cfg.task.n_val <= 0:
         raise ConfigError(f"select={cfg.select.name} selects on the validation split; set task.n_val > 0.")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():

@@ -1,9 +1,9 @@
 """PGR tables and paper-style figures from a sweep's finished runs.
 
-    python run.py command=report                                  # the newest multirun folder
+    python run.py command=report                                    # the newest multirun folder
     python run.py command=report report.dir=outputs/multiruns/<time>
-    python -m w2s_lightning.report outputs/multiruns/<time>     # the same, without Hydra
-    python run.py command=report report.wandb_group=sweep-<time>  # from W&B instead of files
+    python -m w2s_lightning.report outputs/multiruns/<time>         # the same, without Hydra
+    python run.py command=report report.wandb_group=sweep-<time>    # from W&B instead of files
 
 Summaries follow the paper and the reference notebook: per task, method and loss, the median PGR
 over (weak, strong) pairs, leaving out same-size pairs, pairs whose ceiling does not beat the
