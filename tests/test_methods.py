@@ -84,6 +84,17 @@ def test_generative_finetuning_changes_the_strong_weights_for_ceiling_and_transf
 
 
 @pytest.mark.slow
+def test_generative_then_bootstrap_starts_only_the_strong_stages_from_the_tuned_weights(make_cfg, tiny_overrides,
+                                                                                         tiny_bert):
+    cfg = make_cfg(*tiny_overrides, *TINY_RUNG[1:], f"chain.rungs.minilm_l6.path={tiny_bert}", "method=generative",
+                   "method.then=w2s_lightning.methods.bootstrap", "strong.objective=causal_lm")
+    stages = pipeline.run(cfg)["stages"]
+    key = stages["generative"]["key"]
+    assert {role: spec_of(stages[role])["init"] for role in ("weak", "rung1", "ceiling", "transfer", "bootstrap")} == {
+        "weak": None, "rung1": None, "ceiling": key, "transfer": key, "bootstrap": key}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("select,monitor", [("weak_val", "val/supervisor_acc"), ("oracle_val", "val/acc")])
 def test_model_selection_picks_a_checkpoint_and_says_which_rule(make_cfg, tiny_overrides, select, monitor):
     cfg = make_cfg(*tiny_overrides, f"select={select}", "train.epochs=2", "select.val_every=0.5")
