@@ -90,27 +90,28 @@ class Results:
     class_balance: dict = field(default_factory=dict)
     wall_seconds: float = math.nan
 
-    def acc(self, role: str, metric: str = "acc") -> float:
-        return self.stages[role].metrics.get(metric, math.nan) if role in self.stages else math.nan
+    def metric(self, role: str, name: str = "acc") -> float:
+        """A stage's metric (test accuracy by default); NaN where the stage or metric is absent."""
+        return self.stages[role].metrics.get(name, math.nan) if role in self.stages else math.nan
 
     def pgr(self, student: str = TRANSFER, metric: str = "acc") -> float:
-        return pgr(self.acc(WEAK, metric), self.acc(student, metric), self.acc(CEILING, metric))
+        return pgr(self.metric(WEAK, metric), self.metric(student, metric), self.metric(CEILING, metric))
 
     @property
     def gap(self) -> float:
         """PGR divides by this: "gap within noise" flags one the test set cannot resolve."""
-        return self.acc(CEILING) - self.acc(WEAK)
+        return self.metric(CEILING) - self.metric(WEAK)
 
     @property
     def pgr_status(self) -> str:
-        return pgr_status(self.acc(WEAK), self.acc(CEILING), self.n_test)
+        return pgr_status(self.metric(WEAK), self.metric(CEILING), self.n_test)
 
     def to_dict(self) -> dict:
         record = {k: v for k, v in asdict(self).items() if k != "stages"}
         record["stages"] = {role: stage.to_dict() for role, stage in self.stages.items()}
         record.update(
             pgr=self.pgr(), pgr_auroc=self.pgr(metric="auroc"), pgr_defined=not math.isnan(self.pgr()),
-            gap=self.gap, gap_noise=gap_noise(self.acc(WEAK), self.acc(CEILING), self.n_test),
+            gap=self.gap, gap_noise=gap_noise(self.metric(WEAK), self.metric(CEILING), self.n_test),
             pgr_status=self.pgr_status,
         )
         if BOOTSTRAP in self.stages:

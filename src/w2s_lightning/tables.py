@@ -31,7 +31,7 @@ def record(record: dict) -> dict:
     """One row per finished experiment (a ``results.json`` record): the pair, the seed, the
     three accuracies and PGR, and the optional metrics of ``OPTIONAL_MEANS``."""
     results = Results.from_dict(record)
-    stage = results.acc
+    stage = results.metric
     row = {
         "task": results.task, "method": results.method, "loss": results.loss, "seed": results.seed,
         "weak": results.weak_model, "strong": results.strong_model,
