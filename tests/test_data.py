@@ -28,7 +28,7 @@ class Lengths(TaskDataModule):
     """A datamodule whose rows have the given token lengths (nothing to tokenise)."""
 
     def __init__(self, lengths):
-        super().__init__(splits=None, tokenizer=None, train_split="test", predict_splits=["test"], max_length=0,
+        super().__init__(splits=None, tokenizer=None, train_split="test", predict_splits=["test"],
                          minibatch_size=2, eval_batch_size=2)
         self.prepared = {"test": {"input_ids": [[0] * n for n in lengths]}}
 

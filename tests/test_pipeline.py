@@ -132,12 +132,25 @@ def test_students_learn_their_supervisors_labels_of_their_own_rows(make_cfg, tin
     weak = runner.run([requests["weak"]])["weak"]
     for role, rows in (("transfer", range(0, 48)), ("rung1", range(0, 24)), ("bootstrap", range(24, 48))):
         request = requests[role]
-        view, targets = runner.with_rows(request), runner.targets(request, weak)
+        view, targets = runner.with_rows(request, splits), runner.targets(request, weak)
         assert targets[request.rows.name].tolist() == weak.predictions["train_b"][rows.start:rows.stop].tolist()
         assert view[request.rows.name]["label"] == splits["train_b"]["label"][rows.start:rows.stop]  # same rows
     assert set(splits) == {"train_a", "train_b", "val", "test"}  # the task's splits are never changed
     with pytest.raises(ConfigError, match="predicts only"):
         runner.targets(requests["transfer"], replace(weak, predictions={"test": weak.predictions["test"]}))
+
+
+@pytest.mark.slow
+def test_each_tokenizer_reads_the_splits_once_and_stages_report_their_speed(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides)
+    runner = StageRunner(cfg, tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed))
+    stages = runner.run(methods.recipe(cfg))
+    # weak (tiny BERT), then ceiling and transfer (tiny Llama): two tokenisations for three stages.
+    assert sorted(key[0] for key in runner.tokenizations) == sorted([cfg.weak.path, cfg.strong.path])
+    for stage in stages.values():
+        metrics = stage.metrics
+        assert metrics["train_examples_per_s"] > 0 and metrics["predict_examples_per_s"] > 0
+        assert 0 <= metrics["train_padding"] < 1 and metrics["train_tokens_per_s"] <= metrics["train_padded_tokens_per_s"]
 
 
 @pytest.mark.slow

@@ -36,8 +36,21 @@ class ShuffledBuckets(Sampler[list[int]]):
             yield batches[i]
 
 
+def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
+    return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+
+def tokenize(splits: datasets.DatasetDict | datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int):
+    """``splits`` (or one split) with ``input_ids`` and ``attention_mask`` in place of ``text``. The map gets the
+    tokenizer and nothing else: a closure over a datamodule would make ``datasets`` pickle it
+    (and the Trainer and W&B logger it points to) to fingerprint every map."""
+    return splits.map(_tokenize_batch, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+                      batched=True, remove_columns=["text"])
+
+
 class TaskDataModule(pl.LightningDataModule):
-    """Batches of ``input_ids``, ``attention_mask``, ``target`` (P(label=1)) and ``label`` (GT).
+    """Batches of ``input_ids``, ``attention_mask``, ``target`` (P(label=1)) and ``label`` (GT),
+    from splits already tokenised by ``tokenize`` (once per tokenizer, for every stage).
 
     ``targets`` maps a split name to the soft labels it is trained or validated on (the
     train split and ``val`` under a weak supervisor); splits not in it use their ground
@@ -50,7 +63,6 @@ class TaskDataModule(pl.LightningDataModule):
         tokenizer: PreTrainedTokenizerBase | None,
         train_split: str,
         predict_splits: list[str],
-        max_length: int,
         minibatch_size: int,
         eval_batch_size: int,
         targets: dict[str, np.ndarray] | None = None,
@@ -64,7 +76,6 @@ class TaskDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.train_split = train_split
         self.predict_splits = predict_splits
-        self.max_length = max_length
         self.minibatch_size = minibatch_size
         self.eval_batch_size = eval_batch_size
         self.targets = targets or {}
@@ -79,17 +90,17 @@ class TaskDataModule(pl.LightningDataModule):
             raise ValueError(f"{len(targets)} targets for {len(rows)} rows of {name}")
         return targets
 
+    def used_splits(self) -> set[str]:
+        """The training rows, what is predicted, and val unless it is empty (n_val=0)."""
+        return {self.train_split, *self.predict_splits} | ({"val"} if len(self.splits["val"]) else set())
+
     def setup(self, stage: str | None = None) -> None:
         if self.prepared:
             return
-        for name in {self.train_split, "val", *self.predict_splits}:
+        for name in self.used_splits():
             rows = self.splits[name].add_column("target", self.split_targets(name).tolist())
-            self.prepared[name] = rows.map(
-                lambda batch: self.tokenizer(batch["text"], truncation=True, max_length=self.max_length),
-                batched=True,
-                remove_columns=["text"],
-                desc=f"tokenize {name}",
-            ).with_format("python")
+            self.prepared[name] = rows.select_columns(["input_ids", "attention_mask", "target", "label"]).with_format(
+                "python")
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad(
@@ -147,13 +158,13 @@ class FeatureDataModule(TaskDataModule):
     ``features``, ``target`` and ``label``; nothing is tokenised."""
 
     def __init__(self, splits: datasets.DatasetDict, features: dict[str, torch.Tensor], **kwargs):
-        super().__init__(splits, tokenizer=None, max_length=0, **kwargs)
+        super().__init__(splits, tokenizer=None, **kwargs)
         self.features = features
 
     def setup(self, stage: str | None = None) -> None:
         if self.prepared:
             return
-        for name in {self.train_split, "val", *self.predict_splits}:
+        for name in self.used_splits():
             labels, targets = self.splits[name]["label"], self.split_targets(name)
             self.prepared[name] = [
                 {"features": f, "target": float(t), "label": int(y)}

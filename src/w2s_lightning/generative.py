@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
+from w2s_lightning.data import tokenize
 from w2s_lightning.errors import TrainingError
 from w2s_lightning.models import load_pretrained, load_tokenizer
 from w2s_lightning.module import adamw_schedule
@@ -30,10 +31,11 @@ LM_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMasked
 
 
 class LanguageModelModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, lr: float):
+    def __init__(self, model: torch.nn.Module, lr: float, adamw: str = "fused"):
         super().__init__()
         self.model = model
         self.lr = lr
+        self.adamw = adamw
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
@@ -44,7 +46,8 @@ class LanguageModelModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_schedule(self, [p for p in self.parameters() if p.requires_grad], self.lr)
+        return adamw_schedule(self, [p for p in self.parameters() if p.requires_grad], self.lr,
+                              implementation=self.adamw)
 
 
 def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict,
@@ -56,15 +59,12 @@ def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: data
     model = load_pretrained(LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed,
                             dropout=cfg.train.dropout)
     texts = datasets.concatenate_datasets([splits[name] for name in UNLABELED_SPLITS]).select_columns(["text"])
-    tokenized = texts.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=model_cfg.max_length),
-        batched=True, remove_columns=["text"], desc="tokenize unlabeled text",
-    ).with_format("python")
+    tokenized = tokenize(texts, tokenizer, model_cfg.max_length).with_format("python")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=model_cfg.objective == "masked_lm",
                                                mlm_probability=options["mlm_probability"])
     loader = DataLoader(tokenized, batch_size=model_cfg.minibatch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr)
+    module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr, adamw=cfg.train.adamw)
     trainer.fit(module, train_dataloaders=loader)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

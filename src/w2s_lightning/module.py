@@ -10,7 +10,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import get_scheduler
 
-from w2s_lightning.errors import TrainingError
+from w2s_lightning.errors import ConfigError, TrainingError
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -29,6 +29,7 @@ class W2SModule(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_scheduler: str = "cosine",
         warmup_frac: float = 0.0,
+        adamw: str = "fused",
         role: str = "train",
     ):
         super().__init__()
@@ -75,14 +76,22 @@ class W2SModule(pl.LightningModule):
         body = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         groups = [{"params": body}, {"params": head, "lr": self.hparams.head_lr or self.hparams.lr}]
         return adamw_schedule(self, [g for g in groups if g["params"]], self.hparams.lr, self.hparams.weight_decay,
-                              self.hparams.lr_scheduler, self.hparams.warmup_frac)
+                              self.hparams.lr_scheduler, self.hparams.warmup_frac, self.hparams.adamw)
+
+
+ADAMW_IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True},
+                         "for_loop": {"foreach": False, "fused": False}}
 
 
 def adamw_schedule(module: pl.LightningModule, params, lr: float, weight_decay: float = 0.0,
-                   scheduler: str = "cosine", warmup_frac: float = 0.0) -> dict:
+                   scheduler: str = "cosine", warmup_frac: float = 0.0, implementation: str = "fused") -> dict:
     """AdamW over ``params`` (parameters or groups with their own ``lr``) with a per-step
-    transformers schedule over the whole fit: Lightning's ``configure_optimizers`` answer."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    transformers schedule over the whole fit: Lightning's ``configure_optimizers`` answer.
+    ``implementation``: one fused kernel for all parameters, a few batched (foreach) ones, or a
+    Python loop over the parameters; the same update, at different speeds."""
+    if implementation not in ADAMW_IMPLEMENTATIONS:
+        raise ConfigError(f"train.adamw={implementation!r} is unknown; choose one of {sorted(ADAMW_IMPLEMENTATIONS)}.")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **ADAMW_IMPLEMENTATIONS[implementation])
     total = module.trainer.estimated_stepping_batches
     schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=int(warmup_frac * total), num_training_steps=total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

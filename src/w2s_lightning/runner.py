@@ -25,13 +25,14 @@ from safetensors.torch import save_file
 
 from w2s_lightning import generative, stage_key, tracking
 from w2s_lightning.cache import StageCache
-from w2s_lightning.data import FeatureDataModule, TaskDataModule
+from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.methods import LABELLER, StageRequest, import_function
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer
 from w2s_lightning.module import W2SModule
 from w2s_lightning.results import FEATURES, StageResult
+from w2s_lightning.speed import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class StageRunner:
         self.splits = splits
         self.data_key = stage_key.fingerprint(splits)
         self.cache = StageCache(cfg.paths.stage_dir)
+        self.tokenizations: dict[tuple, tuple] = {}
 
     def run(self, requests: list[StageRequest]) -> dict[str, StageResult]:
         built: dict[str, StageResult] = {}
@@ -113,7 +115,7 @@ class StageRunner:
     def _features(self, out: Path, request: StageRequest, supervisor, init: StageResult | None, _) -> None:
         log.info("features: computing %s's frozen features of every split", request.model.name)
         classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
-        datamodule = self.datamodule(request, self.splits, {}, None)
+        datamodule = self.datamodule(request, {}, None)
         outputs = self.trainer(request.model, 1, out, False).predict(FeatureModule(classifier), datamodule=datamodule)
         self.save(out, datamodule, request.predicts, outputs)
 
@@ -131,18 +133,20 @@ class StageRunner:
         started, cfg, model_cfg, rows = time.time(), self.cfg, request.model, request.rows
         log.info("%s: training %s on %s", request.role, model_cfg.name,
                  f"{supervisor.role}'s labels of {rows.name}" if supervisor else "ground truth")
-        splits, targets = self.with_rows(request), self.targets(request, supervisor)
+        targets = self.targets(request, supervisor)
         if features is not None:
             features = {**features.predictions, rows.name: self.cut(request, features.predictions[rows.split])}
             classifier = LinearProbe(features["train_a"].shape[1])
         else:
             classifier = load_classifier(self.weights(model_cfg, init), cfg.paths.zoo_dir, cfg.finetune,
                                          seed=cfg.seed, dropout=cfg.train.dropout)
-        datamodule = self.datamodule(request, splits, targets, features)
+        if cfg.train.compile:
+            classifier.compile(dynamic=True)  # in place: the state dict keeps its names
+        datamodule = self.datamodule(request, targets, features)
         module = W2SModule(
             classifier, hydra.utils.instantiate(request.loss.fn), lr=cfg.finetune.lr or model_cfg.lr,
             head_lr=cfg.train.head_lr, weight_decay=cfg.train.weight_decay, lr_scheduler=cfg.train.lr_scheduler,
-            warmup_frac=cfg.train.warmup_frac, role=request.role,
+            warmup_frac=cfg.train.warmup_frac, adamw=cfg.train.adamw, role=request.role,
         )
         logger = tracking.stage_logger(cfg, request.role, model_cfg.name)
         trainer = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger,
@@ -163,9 +167,10 @@ class StageRunner:
             if supervisor:
                 metrics.update(agreement(predictions["test"], supervisor.predictions["test"], truth["test"]))
             metrics.update(
-                train_seconds=train_seconds, total_seconds=time.time() - started, n_train=len(splits[rows.name]),
+                train_seconds=train_seconds, total_seconds=time.time() - started, n_train=len(datamodule.splits[rows.name]),
                 selection=cfg.select.name if supervisor else "last",
                 selected_step=int(Path(best).stem.split("step=")[1]) if best else trainer.global_step,
+                **self.throughput(trainer).metrics(),
             )
             if logger:
                 logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
@@ -174,12 +179,22 @@ class StageRunner:
 
     # ------------------------------------------------------------ parts
 
-    def with_rows(self, request: StageRequest) -> datasets.DatasetDict:
-        """The task's splits plus the request's rows under their own name (``Rows.name``): a new
-        dict, so the splits themselves never change."""
+    @staticmethod
+    def with_rows(request: StageRequest, splits: datasets.DatasetDict) -> datasets.DatasetDict:
+        """``splits`` plus the request's rows under their own name (``Rows.name``): a new dict, so
+        the splits themselves never change."""
         rows = request.rows
-        indices = rows.indices(len(self.splits[rows.split]))
-        return datasets.DatasetDict({**self.splits, rows.name: self.splits[rows.split].select(indices)})
+        indices = rows.indices(len(splits[rows.split]))
+        return datasets.DatasetDict({**splits, rows.name: splits[rows.split].select(indices)})
+
+    def tokenized(self, model_cfg: DictConfig):
+        """The tokenizer of ``model_cfg`` and the task's splits tokenised by it: once per
+        tokenizer and length limit, shared by every stage of the run that reads them."""
+        key = (model_cfg.path, model_cfg.max_length, model_cfg.trust_remote_code)
+        if key not in self.tokenizations:
+            tokenizer = load_tokenizer(model_cfg, self.cfg.paths.zoo_dir)
+            self.tokenizations[key] = tokenizer, tokenize(self.splits, tokenizer, model_cfg.max_length)
+        return self.tokenizations[key]
 
     def cut(self, request: StageRequest, values: torch.Tensor) -> torch.Tensor:
         """The part of ``values`` (one per row of the request's split) that its rows cover."""
@@ -203,6 +218,7 @@ class StageRunner:
         ``out/checkpoints``, perhaps ``EarlyStopping``. Lightning's own checkpointing is on
         exactly when such a callback is there."""
         callbacks = [hydra.utils.instantiate(c) for c in self.cfg.select.callbacks.values() if c] if student else []
+        callbacks.append(Throughput())
         for callback in callbacks:
             if isinstance(callback, ModelCheckpoint):
                 callback.dirpath = str(out / "checkpoints")
@@ -213,16 +229,23 @@ class StageRunner:
             val_check_interval=self.cfg.select.val_every,
         )
 
-    def datamodule(self, request: StageRequest, splits: datasets.DatasetDict, targets: dict[str, torch.Tensor],
+    @staticmethod
+    def throughput(trainer: pl.Trainer) -> Throughput:
+        return next(c for c in trainer.callbacks if isinstance(c, Throughput))
+
+    def datamodule(self, request: StageRequest, targets: dict[str, torch.Tensor],
                    features: dict[str, torch.Tensor] | None) -> TaskDataModule:
+        """The request's rows and the splits it predicts, as cached features (probes) or
+        tokenised for its model, with ``targets`` in place of the ground truth."""
         model_cfg = request.model
         common = dict(train_split=request.rows.name, predict_splits=list(request.predicts),
                       targets={name: t.numpy() for name, t in targets.items()},
                       minibatch_size=model_cfg.minibatch_size, eval_batch_size=model_cfg.eval_batch_size)
         if features is not None:
-            return FeatureDataModule(splits, features, **common)
-        return TaskDataModule(splits, load_tokenizer(model_cfg, self.cfg.paths.zoo_dir), max_length=model_cfg.max_length,
-                              seed=self.cfg.seed, length_buckets=self.cfg.train.length_buckets, **common)
+            return FeatureDataModule(self.with_rows(request, self.splits), features, **common)
+        tokenizer, splits = self.tokenized(model_cfg)
+        return TaskDataModule(self.with_rows(request, splits), tokenizer, seed=self.cfg.seed,
+                              length_buckets=self.cfg.train.length_buckets, **common)
 
     @staticmethod
     def save(out: Path, datamodule: TaskDataModule, names: tuple[str, ...], outputs) -> dict[str, torch.Tensor]:
