@@ -11,8 +11,8 @@ pytestmark = pytest.mark.slow  # each test starts run.py: about ten seconds of i
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+def run_cli(tmp_path, *overrides: str, wandb_mode: str = "disabled") -> subprocess.CompletedProcess:
+    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": wandb_mode}
     return subprocess.run(
         [sys.executable, "run.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -36,3 +36,19 @@ def test_broken_config_value_is_named(tmp_path):
     result = run_cli(tmp_path, "strong.pooling=max")
     assert result.returncode == 2
     assert "pooling='max' is unknown" in result.stderr
+
+
+def test_the_console_shows_stages_and_summary_and_run_log_keeps_everything(tmp_path, tiny_overrides):
+    result = run_cli(tmp_path, *tiny_overrides, wandb_mode="offline")
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    for line in ("weak: training tiny-bert on ground truth", "transfer: training tiny-llama on weak's labels",
+                 "PGR (accuracy)", "wandb sync"):
+        assert line in console
+    # Third-party lines nobody can act on: Lightning's hardware lines and tips, deprecation
+    # warnings, W&B's banners and run summaries, datasets' progress bars.
+    for noise in ("GPU available", "litlogger", "LeafSpec", "wandb:", "Run summary", "tokenize", "examples/s]"):
+        assert noise not in console
+    log = (tmp_path / "run" / "run.log").read_text()
+    for line in ("GPU available", "weak: training tiny-bert", "PGR (accuracy)"):
+        assert line in log

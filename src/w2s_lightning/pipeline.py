@@ -113,5 +113,6 @@ def run(cfg: DictConfig) -> dict:
     path = output_dir / "results.json"
     results.write(path)
     tracking.log_summary(cfg, results.wandb_summary())  # also what `report.wandb_group=...` reads back
-    print(results.console(path))
+    # Logged, not printed: the summary also lands in the run folder's run.log.
+    log.info("experiment finished\n\n%s", "\n".join(filter(None, [results.console(path), tracking.where(cfg)])))
     return results.to_dict()

@@ -69,6 +69,16 @@ def finished_when_done(logger: WandbLogger | bool) -> Iterator[None]:
             logger.experiment.finish(exit_code=exit_code)
 
 
+def where(cfg: DictConfig) -> str | None:
+    """One line for the console: where this run's W&B runs went, and how to upload offline ones."""
+    mode = resolve_mode(cfg.logger.mode)
+    if mode == "disabled":
+        return None
+    if mode == "offline":
+        return f"W&B runs (offline) in {cfg.logger.dir}/wandb; upload with: wandb sync {cfg.logger.dir}/wandb/offline-run-*"
+    return f"W&B runs online in project {cfg.logger.project}, group {cfg.logger.group}"
+
+
 def log_summary(cfg: DictConfig, summary: dict[str, float]) -> None:
     """The experiment's headline numbers (stage accuracies, PGR) in one run of the group."""
     if not enabled(cfg):
