@@ -1,0 +1,271 @@
+"""Throughput of one fine-tuning stage, this project's against the reference's.
+
+Each measurement trains one stage on ``--rows`` rows of a task's train split (one epoch,
+batch 32 in micro-batches of 8 unless overridden) and predicts ``2 x --rows`` rows (half B
+and test), then prints: examples/s, real and padded tokens/s, the share of padding, MFU
+against a matmul peak measured on the spot, and peak RSS.
+
+    python scripts/benchmark.py gpt2 .cache/bench/gpt2_124m        # a GPT-2-shaped 124M model, random weights
+    python scripts/benchmark.py project mpnet_base                  # a zoo model (or a local folder)
+    python scripts/benchmark.py project mpnet_base train.length_buckets=null   # ...with a lever off
+    python scripts/benchmark.py reference .cache/bench/gpt2_124m --checkout ../weak-to-strong
+    python scripts/benchmark.py suite .cache/bench/gpt2_124m --checkout ../weak-to-strong
+
+``project`` runs the real stage code (``StageRunner``) with Hydra overrides after the model;
+``reference`` runs openai/weak-to-strong's own ``train_model`` and ``eval_model_acc`` from a
+checkout of it, on the same rows and tokenizer; ``suite`` runs the reference and every lever
+on and off, each in a fresh process, one after another, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+# The suite: each lever of the project's stage, on (the default) and off.
+LEVERS = {
+    "project (defaults)": [],
+    "plain shuffle, no length buckets": ["train.length_buckets=null"],
+    "AdamW as a for-loop (not fused)": ["train.adamw=for_loop"],
+    "AdamW foreach (not fused)": ["train.adamw=foreach"],
+    "predict micro-batch 8": ["weak.eval_batch_size=8"],
+    "predict micro-batch 128": ["weak.eval_batch_size=128"],
+    "train micro-batch 32 (no accumulation)": ["weak.minibatch_size=32"],
+    "torch.compile": ["train.compile=true"],
+}
+
+
+# ------------------------------------------------------------------ shared parts
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a ``size``-square matmul in ``dtype`` on this machine, now."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def non_embedding_params(folder: str) -> int:
+    """Parameters of the backbone that do matrix work per token (embedding tables excluded)."""
+    from transformers import AutoConfig, AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return sum(p.numel() for p in model.parameters()) - embeddings
+
+
+def compose(model: str, rows: int, task: str, overrides: list[str], out: Path):
+    """The project's config for a one-stage benchmark of ``model`` (zoo name or folder)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import w2s_lightning.config  # noqa: F401  (resolvers)
+
+    model_args = [f"model@weak={model}"]
+    if Path(model).is_dir():  # any local decoder folder: GPT-2's entry, pointed at it
+        model_args = ["model@weak=gpt2", f"weak.path={Path(model).resolve()}", f"weak.name={Path(model).name}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=[
+            "experiment=quickstart", f"task={task}", f"task.n_train={2 * rows}", "task.n_val=0",
+            f"task.n_test={rows}", "train.epochs=1", "train.batch_size=32", *model_args, "weak.minibatch_size=8",
+            "logger.mode=disabled", f"paths.output_dir={out}",
+            f"paths.stage_dir={out / 'stages'}", *overrides,
+        ])
+
+
+def report(name: str, figures: dict, params: int, precision: str) -> dict:
+    """Adds MFU (real tokens, 6N FLOPs a trained token, 2N a predicted one) and peak RSS."""
+    peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+    for phase, flops_per_token in (("train", 6), ("predict", 2)):
+        if f"{phase}_tokens_per_s" in figures:
+            figures[f"{phase}_mfu"] = flops_per_token * params * figures[f"{phase}_tokens_per_s"] / peak
+    figures.update(name=name, precision=precision, matmul_peak_gflops=peak / 1e9, non_embedding_params=params,
+                   peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    print(json.dumps(figures))
+    return figures
+
+
+# ------------------------------------------------------------------ commands
+
+
+def make_gpt2(args) -> None:
+    """A GPT-2-shaped model (12 layers, 768 wide, 12 heads) with random weights and the
+    byte-level BPE tokenizer of ``--tokenizer`` (SmolLM2's from the offline zoo by default)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from w2s_lightning import zoo
+
+    source = args.tokenizer or zoo.resolve("zoo:smollm2_135m", str(ROOT / ".cache/w2s/zoo"))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(args.folder)
+    tokenizer.save_pretrained(args.folder)
+    print(f"wrote {args.folder}: {sum(p.numel() for p in GPT2LMHeadModel(config).parameters()) / 1e6:.1f}M parameters")
+
+
+def project(args) -> dict:
+    """One stage through the project's own stage code, in a fresh cache."""
+    from w2s_lightning import tasks, zoo
+    from w2s_lightning.methods import LABELLER, Rows, StageRequest
+    from w2s_lightning.results import WEAK
+    from w2s_lightning.runner import StageRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(args.model, args.rows, args.task, args.overrides, Path(tmp))
+        splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
+        request = StageRequest(WEAK, cfg.weak, rows=Rows("train_a"), loss=cfg.ground_truth_loss,
+                               predicts=tuple(n for n in LABELLER if len(splits[n])))
+        started = time.perf_counter()
+        stage = StageRunner(cfg, splits).build(request, {})
+        figures = {k: v for k, v in stage.metrics.items() if "per_s" in k or "padding" in k}
+        figures.update(stage_seconds=time.perf_counter() - started, test_acc=stage.metrics["acc"])
+        folder = zoo.resolve(cfg.weak.path, cfg.paths.zoo_dir)
+        return report(args.name or f"project {' '.join(args.overrides)}".strip(), figures,
+                      non_embedding_params(folder), cfg.trainer.precision)
+
+
+def reference(args) -> dict:
+    """openai/weak-to-strong's ``train_model`` and ``eval_model_acc`` on the same rows.
+
+    Two shims let its modules import beside today's libraries; neither is on the measured
+    path: ``torch_optimizer`` (Adafactor only) and ``load_sharded_checkpoint`` (gone from
+    transformers 5, used only to reload saved sharded models)."""
+    import datasets
+    import transformers.modeling_utils
+
+    from w2s_lightning import tasks
+
+    sys.path.insert(0, str(Path(args.checkout).resolve()))
+    sys.modules.setdefault("torch_optimizer", types.ModuleType("torch_optimizer"))
+    if not hasattr(transformers.modeling_utils, "load_sharded_checkpoint"):
+        transformers.modeling_utils.load_sharded_checkpoint = None
+    import weak_to_strong.logger
+    from weak_to_strong.common import get_tokenizer
+    from weak_to_strong.datasets import tokenize_dataset
+    from weak_to_strong.eval import eval_model_acc
+    from weak_to_strong.loss import xent_loss
+    from weak_to_strong.model import TransformerWithHead
+    from weak_to_strong.train import train_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(args.model, args.rows, args.task, [], Path(tmp))
+        splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
+
+    def as_reference(*names):
+        rows = datasets.concatenate_datasets([splits[n] for n in names])
+        return datasets.Dataset.from_dict({"txt": rows["text"], "hard_label": rows["label"],
+                                           "soft_label": [[1.0 - y, float(y)] for y in rows["label"]]})
+
+    tokenizer = get_tokenizer(args.model)
+    train = tokenize_dataset(as_reference("train_a"), tokenizer, 1024)
+    predict = tokenize_dataset(as_reference("train_b", "test"), tokenizer, 1024)
+    weak_to_strong.logger.configure(name="benchmark")  # WANDB_PROJECT unset: logs nothing
+    torch.manual_seed(cfg.seed)
+    model = TransformerWithHead.from_pretrained(args.model)
+
+    started = time.perf_counter()
+    # loss_fn as train_and_save_model passes it: train_model's default is the class, not a loss.
+    train_model(model, train, batch_size=32, lr=cfg.weak.lr, loss_fn=xent_loss(), minibatch_size=8, epochs=1,
+                eval_every=None, log_every=1000)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    results = eval_model_acc(model, predict, eval_batch_size=32)
+    predict_seconds = time.perf_counter() - started
+
+    def tokens(lengths, size):  # the reference pads each micro-batch, in row order, to its longest row
+        batches = [lengths[i:i + size] for i in range(0, len(lengths), size)]
+        return sum(lengths), sum(len(b) * max(b) for b in batches)
+
+    figures = {}
+    for phase, rows, size, seconds in (("train", train, 8, train_seconds), ("predict", predict, 32, predict_seconds)):
+        real, padded = tokens([len(ids) for ids in rows["input_ids"]], size)
+        figures.update({f"{phase}_examples_per_s": len(rows) / seconds, f"{phase}_tokens_per_s": real / seconds,
+                        f"{phase}_padded_tokens_per_s": padded / seconds, f"{phase}_padding": 1 - real / padded})
+    figures["test_acc"] = float(sum(results["acc"][len(splits["train_b"]):]) / len(splits["test"]))
+    return report("reference train_model (fp32)", figures, non_embedding_params(args.model), "32-true")
+
+
+def suite(args) -> None:
+    """The reference (when ``--checkout`` is given) and every lever, each in its own process,
+    one at a time (two torch processes side by side slow each other down), then a table."""
+    runs = []
+    base = [sys.executable, __file__]
+    common = ["--rows", str(args.rows), "--task", args.task]
+    jobs = [(name, [*base, "project", args.model, *common, "--name", name, *levers, *args.overrides])
+            for name, levers in LEVERS.items() if args.all_levers or not levers]
+    if args.checkout:
+        jobs.insert(0, ("reference", [*base, "reference", args.model, *common, "--checkout", args.checkout]))
+    for name, command in jobs * args.repeats:
+        print(f"--- {name}", file=sys.stderr, flush=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    print(table(runs))
+
+
+def table(runs: list[dict]) -> str:
+    reference = [r for r in runs if r["name"].startswith("reference")]
+    base = {k: sum(r[k] for r in reference) / len(reference) for k in ("train_examples_per_s", "predict_examples_per_s")
+            } if reference else None
+    lines = ["| run | precision | train ex/s | vs ref | train tok/s (padded) | padding | train MFU "
+             "| predict ex/s | vs ref | predict padding | peak RSS GB | test acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        ratio = {k: f"{r[k] / base[k]:.2f}x" if base else "" for k in ("train_examples_per_s", "predict_examples_per_s")}
+        lines.append(
+            f"| {r['name']} | {r['precision']} | {r['train_examples_per_s']:.2f} | {ratio['train_examples_per_s']} "
+            f"| {r['train_tokens_per_s']:.0f} ({r['train_padded_tokens_per_s']:.0f}) | {r['train_padding']:.0%} "
+            f"| {r['train_mfu']:.0%} | {r['predict_examples_per_s']:.1f} | {ratio['predict_examples_per_s']} "
+            f"| {r['predict_padding']:.0%} | {r['peak_rss_gb']:.2f} | {r['test_acc']:.3f} |")
+    lines.append(f"matmul peak measured on the spot: {runs[0]['matmul_peak_gflops']:.0f} GFLOP/s "
+                 f"({runs[0]['precision']}); MFU counts real tokens, {runs[0]['non_embedding_params'] / 1e6:.1f}M "
+                 "non-embedding parameters")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gpt2 = commands.add_parser("gpt2", help="write a GPT-2-shaped 124M model with random weights")
+    gpt2.add_argument("folder")
+    gpt2.add_argument("--tokenizer", help="a tokenizer folder (default: SmolLM2's byte-level BPE from the zoo)")
+    gpt2.set_defaults(run=make_gpt2)
+    for name, run in (("project", project), ("reference", reference), ("suite", suite)):
+        command = commands.add_parser(name)
+        command.add_argument("model", help="a zoo model name (conf/model) or a local Hugging Face folder")
+        command.add_argument("--rows", type=int, default=512, help="training rows; twice as many are predicted")
+        command.add_argument("--task", default="sciq")
+        command.add_argument("--name")
+        command.add_argument("--checkout", help="a checkout of openai/weak-to-strong (reference, suite)")
+        command.add_argument("--repeats", type=int, default=1, help="suite: run every job this many times")
+        command.add_argument("--all-levers", action="store_true", help="suite: every lever off in turn, "
+                             "not only the defaults")
+        command.add_argument("overrides", nargs="*", help="Hydra overrides of the project's stage")
+        command.set_defaults(run=run)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Speed levers that must not change results, the per-stage throughput figures, and the
+benchmark script (its figures are measurements for the README, never asserted here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from w2s_lightning.errors import ConfigError
+from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, adamw_schedule
+from w2s_lightning.speed import Throughput
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_adamw_implementation_makes_the_same_update():
+    torch.manual_seed(0)
+    start, inputs = torch.nn.Linear(16, 4), torch.randn(8, 16)
+    weights = {}
+    for name, kwargs in ADAMW_IMPLEMENTATIONS.items():
+        model = torch.nn.Linear(16, 4)
+        model.load_state_dict(start.state_dict())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, **kwargs)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(inputs).square().mean().backward()
+            optimizer.step()
+        weights[name] = model.weight.detach()
+    assert not torch.equal(weights["fused"], start.weight)
+    for name in ("foreach", "for_loop"):
+        torch.testing.assert_close(weights[name], weights["fused"])
+
+
+def test_an_unknown_adamw_implementation_is_named():
+    with pytest.raises(ConfigError, match="train.adamw='adam8bit' is unknown"):
+        adamw_schedule(None, [torch.nn.Parameter(torch.zeros(1))], 1e-3, implementation="adam8bit")
+
+
+def test_throughput_counts_real_and_padded_tokens():
+    speed = Throughput()
+    for mask in ([[1, 1, 1, 0], [1, 1, 1, 1]], [[1, 0], [1, 1]]):  # 7 of 8, then 3 of 4 tokens are real
+        speed._count("train", {"label": torch.zeros(2), "attention_mask": torch.tensor(mask)})
+    speed.seconds["train"] = 2.0
+    figures = speed.metrics()
+    assert figures["train_examples_per_s"] == 2.0 and figures["train_tokens_per_s"] == 5.0
+    assert figures["train_padded_tokens_per_s"] == 6.0 and figures["train_padding"] == pytest.approx(2 / 12)
+    assert not any(k.startswith("predict") for k in figures)  # nothing predicted, nothing reported
+
+
+def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchmark import table
+
+    def run(name, train, predict):
+        return dict(name=name, precision="32-true", train_examples_per_s=train, predict_examples_per_s=predict,
+                    train_tokens_per_s=1, train_padded_tokens_per_s=2, train_padding=0.5, train_mfu=0.1,
+                    predict_padding=0.2, peak_rss_gb=1.0, test_acc=0.5, matmul_peak_gflops=100,
+                    non_embedding_params=85e6)
+
+    rows = table([run("reference train_model (fp32)", 4.0, 10.0), run("project", 6.0, 25.0)]).splitlines()
+    assert "| 1.00x |" in rows[2] and "| 1.50x |" in rows[3] and "| 2.50x |" in rows[3]
+
+
+@pytest.mark.slow
+def test_benchmark_measures_one_stage_of_a_local_model(tiny_llama, zoo_dir):
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "project", str(tiny_llama), "--rows", "32",
+         f"paths.zoo_dir={zoo_dir}", "weak.max_length=64"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["train_examples_per_s"] > 0 and figures["predict_examples_per_s"] > 0
+    assert 0 <= figures["train_padding"] < 1 and 0 < figures["train_mfu"] < 1
+    assert figures["peak_rss_gb"] > 0 and figures["non_embedding_params"] > 0
