@@ -30,6 +30,7 @@ class ModelConfig:
     eval_batch_size: int = 64
     max_length: int = 1024        # longer texts are cut on the left (the question/answer sits at the end)
     dtype: Optional[str] = None   # null = float32 weights (mixed precision comes from trainer.precision)
+    attn_implementation: Optional[str] = None  # null = transformers' choice (sdpa where the model has it); eager, flash_attention_2
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
 

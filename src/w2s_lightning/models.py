@@ -114,9 +114,10 @@ def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str, seed: int 
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         if seed is not None:
             pl.seed_everything(seed, workers=True, verbose=False)
+        attention = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.get("attn_implementation") else {}
         model = model_class.from_pretrained(
             source, config=config if dropout else without_dropout(config), trust_remote_code=trust_remote_code,
-            dtype=getattr(torch, model_cfg.get("dtype") or "float32"),
+            dtype=getattr(torch, model_cfg.get("dtype") or "float32"), **attention,
         )
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
