@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -44,20 +45,27 @@ LEVERS = {
     "predict micro-batch 128": ["weak.eval_batch_size=128"],
     "train micro-batch 32 (no accumulation)": ["weak.minibatch_size=32"],
     "torch.compile": ["train.compile=true"],
+    "eager attention (not SDPA)": ["weak.attn_implementation=eager"],
 }
 
 
 # ------------------------------------------------------------------ shared parts
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a ``size``-square matmul in ``dtype`` on this machine, now."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", size: int = 2048, repeats: int = 5, trials: int = 3) -> float:
+    """FLOP/s of a ``size``-square matmul in ``dtype`` on ``device``, now: the best of
+    ``trials`` timings (the least disturbed by anything else running)."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+    best = float("inf")
+    for _ in range(trials):
+        torch.cuda.synchronize() if device == "cuda" else None
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        torch.cuda.synchronize() if device == "cuda" else None
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 * repeats / best
 
 
 def non_embedding_params(folder: str) -> int:
@@ -89,9 +97,9 @@ def compose(model: str, rows: int, task: str, overrides: list[str], out: Path):
         ])
 
 
-def report(name: str, figures: dict, params: int, precision: str) -> dict:
+def report(name: str, figures: dict, params: int, precision: str, device: str = "cpu") -> dict:
     """Adds MFU (real tokens, 6N FLOPs a trained token, 2N a predicted one) and peak RSS."""
-    peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+    peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32, device)
     for phase, flops_per_token in (("train", 6), ("predict", 2)):
         if f"{phase}_tokens_per_s" in figures:
             figures[f"{phase}_mfu"] = flops_per_token * params * figures[f"{phase}_tokens_per_s"] / peak
@@ -111,7 +119,8 @@ def make_gpt2(args) -> None:
 
     from w2s_lightning import zoo
 
-    source = args.tokenizer or zoo.resolve("zoo:smollm2_135m", str(ROOT / ".cache/w2s/zoo"))
+    zoo_dir = Path(os.environ.get("W2S_CACHE_DIR", ".cache/w2s")) / "zoo"  # as conf/paths/default.yaml
+    source = args.tokenizer or zoo.resolve("zoo:smollm2_135m", str(zoo_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
@@ -139,7 +148,8 @@ def project(args) -> dict:
         figures.update(stage_seconds=time.perf_counter() - started, test_acc=stage.metrics["acc"])
         folder = zoo.resolve(cfg.weak.path, cfg.paths.zoo_dir)
         return report(args.name or f"project {' '.join(args.overrides)}".strip(), figures,
-                      non_embedding_params(folder), cfg.trainer.precision)
+                      non_embedding_params(folder), cfg.trainer.precision,
+                      "cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
 
 
 def reference(args) -> dict:
@@ -207,9 +217,11 @@ def suite(args) -> None:
     """The reference (when ``--checkout`` is given) and every lever, each in its own process,
     one at a time (two torch processes side by side slow each other down), then a table."""
     runs = []
+    if args.checkout:
+        check_checkout(args.checkout)
     base = [sys.executable, __file__]
     common = ["--rows", str(args.rows), "--task", args.task]
-    jobs = [(name, [*base, "project", args.model, *common, "--name", name, *levers, *args.overrides])
+    jobs = [(name, [*base, "project", args.model, *levers, *args.overrides, *common, "--name", name])
             for name, levers in LEVERS.items() if args.all_levers or not levers]
     if args.checkout:
         jobs.insert(0, ("reference", [*base, "reference", args.model, *common, "--checkout", args.checkout]))
@@ -222,6 +234,13 @@ def suite(args) -> None:
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     print(table(runs))
+
+
+def check_checkout(folder: str) -> None:
+    if not (Path(folder) / "weak_to_strong" / "train.py").is_file():
+        print(f"error: --checkout {folder} is not a checkout of openai/weak-to-strong (no weak_to_strong/train.py "
+              f"there). Clone it first: git clone https://github.com/openai/weak-to-strong {folder}", file=sys.stderr)
+        sys.exit(2)
 
 
 def table(runs: list[dict]) -> str:
@@ -261,9 +280,14 @@ def main() -> None:
         command.add_argument("--repeats", type=int, default=1, help="suite: run every job this many times")
         command.add_argument("--all-levers", action="store_true", help="suite: every lever off in turn, "
                              "not only the defaults")
-        command.add_argument("overrides", nargs="*", help="Hydra overrides of the project's stage")
         command.set_defaults(run=run)
-    args = parser.parse_args()
+    # Hydra overrides of the project's stage (key=value) may come anywhere after the command.
+    args, extra = parser.parse_known_args()
+    args.overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if len(args.overrides) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in args.overrides)}")
+    if args.command == "reference":
+        check_checkout(args.checkout or "(none given)")
     args.run(args)
 
 

@@ -19,8 +19,11 @@ SIZES = "task.n_train=64 task.n_val=16 task.n_test=32 train.epochs=1 train.batch
 # Appended to multiruns: each swept list cut to one value (the same models, losses and tasks).
 SWEEP_CUTS = {"experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
               "seed=0,1,2": "seed=0"}
+# Appended to benchmark measurements: 16 training rows instead of 512.
+BENCHMARK_ROWS = "--rows 16"
 # Commands that stop where this machine cannot go, and what they must say.
-STOPS = {"trainer=gpu": "use trainer=cpu here"}
+STOPS = {"trainer=gpu": "use trainer=cpu here",
+         "--checkout ../weak-to-strong": "git clone https://github.com/openai/weak-to-strong"}  # no network in CI
 
 
 def readme_commands() -> list[str]:
@@ -38,9 +41,9 @@ def test_the_readme_shows_the_commands_a_user_starts_from():
 
 
 def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
-    work = tmp_path / "work"  # a fresh folder, as a new user's checkout: run.py and conf beside it
+    work = tmp_path / "work"  # a fresh folder, as a new user's checkout: run.py, conf and scripts beside it
     work.mkdir()
-    for name in ("run.py", "conf"):
+    for name in ("run.py", "conf", "scripts"):
         (work / name).symlink_to(ROOT / name)
     (work / "my.csv").write_text("title,body,verdict\n" + "".join(
         f"Review {i},{'great' if i % 2 else 'awful'} film number {i},{'yes' if i % 2 else 'no'}\n" for i in range(160)))
@@ -52,6 +55,8 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
             appended = [f"paths.zoo_dir={zoo_dir}", SIZES]  # the test session's zoo, built once
             if " -m " in command:
                 appended += [cut for key, cut in SWEEP_CUTS.items() if key in command]
+        if command.startswith("python scripts/benchmark.py") and " gpt2 " not in command:
+            appended = [BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
         shell = " ".join([command, *appended])
         done = subprocess.run(["bash", "-c", shell], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
         stop = next((message for key, message in STOPS.items() if key in command), None)
