@@ -32,11 +32,13 @@ class Throughput(pl.Callback):
             self.seconds[phase] += time.perf_counter() - self._started.pop(phase)
 
     def _count(self, phase: str, batch: dict[str, torch.Tensor]) -> None:
-        counts = self.counts[phase]
-        counts["examples"] += len(batch["label"])
-        if "attention_mask" in batch:  # probes train on features, which have no tokens
-            counts["tokens"] += int(batch["attention_mask"].sum())
-            counts["padded_tokens"] += batch["attention_mask"].numel()
+        counts, mask = self.counts[phase], batch.get("attention_mask")
+        if mask is None:  # probes train on features, which have no tokens
+            counts["examples"] += len(batch["label"])
+            return
+        counts["examples"] += len(mask)  # also language-model batches (generative), which have no label
+        counts["tokens"] += int(mask.sum())
+        counts["padded_tokens"] += mask.numel()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start("train")
