@@ -41,9 +41,9 @@ def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length:
 
 
 def tokenize(splits: datasets.DatasetDict | datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int):
-    """``splits`` (or one split) with ``input_ids`` and ``attention_mask`` in place of ``text``. The map gets the
-    tokenizer and nothing else: a closure over a datamodule would make ``datasets`` pickle it
-    (and the Trainer and W&B logger it points to) to fingerprint every map."""
+    """``splits`` (or one split) with ``input_ids`` and ``attention_mask`` in place of ``text``.
+    The map gets the tokenizer and nothing else: a closure over a datamodule would make
+    ``datasets`` pickle it (and the Trainer and W&B logger it points to) to fingerprint every map."""
     return splits.map(_tokenize_batch, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
                       batched=True, remove_columns=["text"])
 
