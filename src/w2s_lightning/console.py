@@ -1,10 +1,9 @@
 """What a run prints: this project's lines, one progress bar per stage and the summary.
 
 Third-party output a researcher cannot act on (Lightning's hardware and tips lines,
-transformers' load reports, deprecation warnings, ``datasets`` progress bars, W&B's banners)
-is routed into
+transformers' load reports, deprecation warnings, ``datasets`` progress bars) is routed into
 Python logging, where ``conf/hydra/job_logging/w2s.yaml`` keeps it out of the console and
-writes all of it to the run folder's ``run.log``.
+writes all of it to the run folder's ``run.log``; W&B's banners go to its own debug logs.
 """
 
 from __future__ import annotations
