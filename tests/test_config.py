@@ -5,6 +5,7 @@ Composing needs no data and trains nothing."""
 from pathlib import Path
 
 import hydra
+import psutil
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -65,10 +66,29 @@ def test_every_option_composes_and_instantiates(option):
             continue  # a GPU Trainer cannot be built here; check_config says so below
         assert hydra.utils.instantiate(node) is not None, path
     assert methods.recipe(cfg)  # the method's function imports and yields requests
+    refusal = None
     if needs_gpu:
-        with pytest.raises(ConfigError, match="use trainer=cpu here"):
+        refusal = "use trainer=cpu here"
+    elif cfg.finetune.name == "full" and not fits_in_memory(max(cfg.weak.params, cfg.strong.params)):
+        refusal = "Use finetune=lora"  # the 7B rungs on this machine
+    if refusal:
+        with pytest.raises(ConfigError, match=refusal):
             pipeline.check_config(cfg)
     else:
+        pipeline.check_config(cfg)
+
+
+def fits_in_memory(params: float) -> bool:
+    return pipeline.BYTES_PER_TRAINED_PARAMETER * params <= pipeline.MEMORY_HEADROOM * psutil.virtual_memory().total
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora", "probe"])
+def test_full_fine_tuning_that_outgrows_memory_is_refused_up_front(make_cfg, finetune):
+    cfg = make_cfg("model@strong=qwen25_coder_15b", f"finetune={finetune}")
+    if finetune == "full" and not fits_in_memory(cfg.strong.params):
+        with pytest.raises(ConfigError, match=r"qwen25_coder_15b.*about 23.0 GiB.*Use finetune=lora"):
+            pipeline.check_config(cfg)
+    else:  # frozen backbones, or a machine with room for 1.5B parameters and their AdamW state
         pipeline.check_config(cfg)
 
 

@@ -3,6 +3,7 @@ selection without ground truth, linear probes, LoRA, agreement and calibration."
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import hydra
@@ -149,14 +150,19 @@ def test_linear_probes_compute_features_once_and_train_only_the_head(make_cfg, t
     results = pipeline.run(cfg)
     assert results["method"] == "direct" and results["config"]["finetune"]["name"] == "probe"
     features = sorted(p for p in Path(cfg.paths.stage_dir).glob("features-*") if p.is_dir())
-    assert len(features) == 2  # one per model: tiny-bert (weak) and tiny-llama (strong)
-    stored = load_file(str(features[0] / "predictions.safetensors"))
-    assert {n: len(t) for n, t in stored.items()} == {"train_a": 48, "train_b": 48, "val": 16, "test": 64}
-    assert caplog.text.count("computing tiny-llama's frozen features") == 1  # ceiling and transfer share them
+    assert len(features) == 8  # one per model (tiny-bert, tiny-llama) and split
+    stored = sorted((n, len(t)) for f in features for n, t in load_file(str(f / "predictions.safetensors")).items())
+    assert stored == [("test", 64)] * 2 + [("train_a", 48)] * 2 + [("train_b", 48)] * 2 + [("val", 16)] * 2
+    assert caplog.text.count("computing tiny-llama's frozen features") == 4  # ceiling and transfer share them
     caplog.clear()
     again = pipeline.run(make_cfg(*tiny_overrides, "finetune=probe", "loss=aux_conf"))
     assert "frozen features" not in caplog.text and "reusing tiny-llama (features)" in caplog.text
     assert again["stages"]["weak"]["reused"] and not again["stages"]["transfer"]["reused"]
+    # Another seed draws other training rows, but the test split and its features stay.
+    caplog.clear()
+    pipeline.run(make_cfg(*tiny_overrides, "finetune=probe", "seed=1"))
+    computed = re.findall(r"computing tiny-llama's frozen features of (\w+)", caplog.text)
+    assert sorted(computed) == ["train_a", "train_b", "val"]
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,34 @@ from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
 from w2s_lightning.runner import StageRunner, accumulation
 
 log = logging.getLogger(__name__)
+
+# Training every weight with AdamW holds float32 weights, gradients and two moments.
+BYTES_PER_TRAINED_PARAMETER = 16
+# What activations, the data and the framework leave free at the least: refuse beyond 90%.
+MEMORY_HEADROOM = 0.9
+
+
+def device_memory(cfg: DictConfig) -> tuple[int, str]:
+    """The bytes of memory one stage may use, and where: the first GPU's, or this machine's RAM."""
+    if cfg.trainer.get("accelerator") == "gpu":
+        return torch.cuda.get_device_properties(0).total_memory, "GPU"
+    return psutil.virtual_memory().total, "machine's RAM"
+
+
+def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
+    """Refuse to train every weight of a model whose weights and AdamW state alone outgrow the
+    device: it would be killed (or swap for days) minutes into the stage."""
+    need = BYTES_PER_TRAINED_PARAMETER * model_cfg.params
+    have, where = device_memory(cfg)
+    if need > MEMORY_HEADROOM * have:
+        raise ConfigError(
+            f"model '{model_cfg.name}' ({model_cfg.params:.3g} parameters): {role} trains every weight, and its "
+            f"float32 weights, gradients and AdamW moments alone take about {need / 2**30:.1f} GiB "
+            f"({BYTES_PER_TRAINED_PARAMETER} bytes per parameter, before activations), more than "
+            f"{MEMORY_HEADROOM:.0%} of this {where} ({have / 2**30:.1f} GiB). Use finetune=lora (frozen weights, "
+            f"{4 * model_cfg.params / 2**30:.1f} GiB in float32, trainable adapters) or finetune=probe, or a "
+            "machine with more memory."
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -44,6 +73,8 @@ def check_config(cfg: DictConfig) -> None:
                 "(float32 weights, with trainer.precision=bf16-mixed for speed), or use finetune=lora or "
                 "finetune=probe, whose frozen backbone may stay in half precision."
             )
+        if fully_trained:
+            check_memory(cfg, model_cfg, request.role)
     if cfg.chain.rungs and BOOTSTRAP not in {r.role for r in requests}:
         raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method={cfg.method.name} trains none; "
                           "add method=bootstrap (or, for method=generative, method.then=w2s_lightning.methods.bootstrap), "

@@ -80,11 +80,16 @@ class StageRunner:
         request = replace(request, predicts=tuple(n for n in request.predicts if len(self.splits[n])))  # n_val=0
         features = None
         if request.kind == "classifier" and self.cfg.finetune.name == "probe":
-            features = self.build(StageRequest(FEATURES, request.model, init=request.init, kind="features",
-                                               predicts=("train_a", *LABELLER)), built)
+            features = {split: self.build(StageRequest(f"{FEATURES}:{split}", request.model, init=request.init,
+                                                       kind="features", predicts=(split,)), built)
+                        for split in ("train_a", *LABELLER) if len(self.splits[split])}
         keys = {"supervisor": supervisor and supervisor.key, "init": init and init.key,
-                "features": features and features.key}
-        spec = stage_key.spec(self.cfg, self.data_key, request, keys)
+                "features": features and "+".join(stage.key for stage in features.values())}
+        # A split's frozen features depend on its texts and the model only: keyed by that
+        # split alone, test's are computed once and shared by every seed.
+        data_key = stage_key.fingerprint({request.predicts[0]: self.splits[request.predicts[0]]}) \
+            if request.kind == "features" else self.data_key
+        spec = stage_key.spec(self.cfg, data_key, request, keys)
         builder = getattr(self, f"_{request.kind}")
         folder, reused = self.cache.get_or_build(stage_key.kind_of(request), spec,
                                                  lambda out: builder(out, request, supervisor, init, features))
@@ -113,7 +118,7 @@ class StageRunner:
             generative.finetune(self.cfg, model_cfg, request.options, self.splits, trainer, out)
 
     def _features(self, out: Path, request: StageRequest, supervisor, init: StageResult | None, _) -> None:
-        log.info("features: computing %s's frozen features of every split", request.model.name)
+        log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
         classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
         datamodule = self.datamodule(request, {}, None)
         outputs = self.trainer(request.model, 1, out, False).predict(FeatureModule(classifier), datamodule=datamodule)
@@ -127,7 +132,7 @@ class StageRunner:
         (out / "metrics.json").write_text(json.dumps(evaluate(relabelled["test"], test_labels), indent=2))
 
     def _classifier(self, out: Path, request: StageRequest, supervisor: StageResult | None,
-                    init: StageResult | None, features: StageResult | None) -> None:
+                    init: StageResult | None, features: dict[str, StageResult] | None) -> None:
         """Fit on the request's rows, select the checkpoint ``select`` asks for (students only),
         predict, and write the predictions and metrics into ``out``."""
         started, cfg, model_cfg, rows = time.time(), self.cfg, request.model, request.rows
@@ -135,7 +140,8 @@ class StageRunner:
                  f"{supervisor.role}'s labels of {rows.name}" if supervisor else "ground truth")
         targets = self.targets(request, supervisor)
         if features is not None:
-            features = {**features.predictions, rows.name: self.cut(request, features.predictions[rows.split])}
+            features = {split: stage.predictions[split] for split, stage in features.items()}
+            features[rows.name] = self.cut(request, features[rows.split])
             classifier = LinearProbe(features["train_a"].shape[1])
         else:
             classifier = load_classifier(self.weights(model_cfg, init), cfg.paths.zoo_dir, cfg.finetune,

@@ -4,7 +4,9 @@ nothing that does not (logging, paths, display settings).
 A stage's spec holds the formatted rows' fingerprint, the task, the seed, the model, the
 Trainer's settings (precision, max_steps, limit_train_batches, gradient clipping, devices, ...)
 and what its request asks for: its rows, its supervisor's key, its loss, the weights it
-starts from. The cache stores the stage under ``<kind>-<hash of the spec>``.
+starts from. A probe's frozen features (a forward pass, one stage per split) hold only the
+split's fingerprint, the model, the Trainer's settings and the weights: test's are shared by
+every seed. The cache stores the stage under ``<kind>-<hash of the spec>``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from w2s_lightning.methods import StageRequest
 
 # Bump when the artifacts of a stage change meaning, so old cache entries are not reused.
 # 4: stages are built from requests (rows as split/part, the selection group, the
-# ground-truth loss and the model schema's fields in the key).
+# ground-truth loss and the model schema's fields in the key). A probe's features became one
+# stage per split without a bump: their spec changed shape, so no old key can match.
 STAGE_FORMAT = 4
 GROUND_TRUTH = "ground_truth"
 # Trainer settings that change only what is shown, never a stage's result.
@@ -33,6 +36,10 @@ def fingerprint(splits) -> str:
     return content_key({name: [list(rows["text"]), list(rows["label"])] for name, rows in splits.items()})
 
 
+def trainer_settings(cfg: DictConfig) -> dict:
+    return {k: v for k, v in plain(cfg.trainer).items() if k not in DISPLAY_ONLY_TRAINER_KEYS}
+
+
 def kind_of(request: StageRequest) -> str:
     """The cache folder's prefix: ``gt`` for a classifier on ground truth (whichever role it
     plays), ``transfer`` for one on a supervisor's labels, else the request's kind."""
@@ -44,16 +51,16 @@ def kind_of(request: StageRequest) -> str:
 def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, str | None]) -> dict:
     """The spec of ``request``; ``keys`` holds the cache keys of the stages it depends on
     (``supervisor``, ``init``, ``features``)."""
+    if request.kind == "features":  # a frozen forward pass: no seed, and the task is in the texts
+        return {"format": STAGE_FORMAT, "data": data_key, "features": True, "model": plain(request.model),
+                "trainer": trainer_settings(cfg), "init": keys.get("init")}
     common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": plain(cfg.task)}
     if request.kind == "relabel":  # no model trains: the function and its input decide everything
         return {**common, "relabel": request.options["fn"], "supervisor": keys["supervisor"],
                 "predicts": list(request.predicts)}
-    trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in DISPLAY_ONLY_TRAINER_KEYS}
-    common.update(model=plain(request.model), trainer=trainer, init=keys.get("init"))
+    common.update(model=plain(request.model), trainer=trainer_settings(cfg), init=keys.get("init"))
     if request.kind == "generative":
         return {**common, "generative": dict(request.options), "batch_size": cfg.train.batch_size}
-    if request.kind == "features":
-        return {**common, "features": True}
     return {
         **common, "train": plain(cfg.train), "finetune": plain(cfg.finetune), "loss": plain(request.loss),
         # Model selection is a student's method: a stage on ground truth always keeps its last
