@@ -161,3 +161,19 @@ def test_the_offline_ladder_sweeps_across_the_zoo_families(make_cfg):
     assert cfg.weak.family != cfg.strong.family and pipeline.skip_reason(cfg, sweep=True) is None
     assert pipeline.skip_reason(make_cfg(), sweep=True).startswith("minilm_l3 (minilm) and mpnet_base")
     assert pipeline.skip_reason(make_cfg(), sweep=False) is None
+
+
+def test_the_offline_causal_ladder_runs_every_smaller_rung_under_every_larger_one():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        preset = compose(config_name="config", overrides=["experiment=offline_causal"], return_hydra_config=True)
+        params = preset.hydra.sweeper.params
+        assert params["seed"] == "0,1,2" and params["loss"] == "xent,aux_conf" and preset.finetune.name == "probe"
+        run = []
+        for weak, strong in itertools.product(params["model@weak"].split(","), params["model@strong"].split(",")):
+            cfg = compose(config_name="config", overrides=["experiment=offline_causal", f"model@weak={weak}",
+                                                           f"model@strong={strong}"])
+            pipeline.check_config(cfg)
+            if pipeline.skip_reason(cfg, sweep=True) is None:
+                run.append((cfg.weak.params, cfg.strong.params))
+    sizes = sorted({size for pair in run for size in pair})
+    assert len(sizes) == 4 and sorted(run) == sorted(itertools.combinations(sizes, 2))  # all 6 pairs, smaller -> larger

