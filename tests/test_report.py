@@ -103,6 +103,14 @@ def test_build_writes_tables_figures_and_markdown(tmp_path):
     assert json.loads((out / "accounting.json").read_text())["experiments"] == 4
 
 
+def test_the_report_lists_the_models_smallest_first_with_what_their_config_says(tmp_path):
+    instruct = "an instruction-tuned code model, not a base model"
+    results = [result("small", "big", (0.6, 0.7, 0.9), strong__about=instruct), result("mid", "big", (0.8, 0.85, 0.9))]
+    report.build(results, [], tmp_path / "out")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert f"## Models\n\n- small (1M parameters)\n- mid (2M parameters)\n- big (3M parameters): {instruct}\n" in markdown
+
+
 def test_missing_or_empty_folders_are_named(tmp_path):
     with pytest.raises(ConfigError, match="is not a folder"):
         report.read_folder(tmp_path / "nope")

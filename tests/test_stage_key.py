@@ -57,6 +57,7 @@ def test_every_trainer_setting_that_changes_a_result_changes_the_stage_key(make_
 
 def test_display_settings_do_not_change_the_stage_key(make_cfg):
     assert key(make_cfg("trainer.log_every_n_steps=50", "+trainer.enable_progress_bar=false")) == key(make_cfg())
+    assert key(make_cfg("weak.about='a note for the report'")) == key(make_cfg())
 
 
 def test_student_selection_leaves_the_weak_and_ceiling_keys_alone(make_cfg):

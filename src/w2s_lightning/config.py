@@ -33,6 +33,7 @@ class ModelConfig:
     attn_implementation: Optional[str] = None  # null = transformers' choice (sdpa where the model has it); eager, flash_attention_2
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    about: Optional[str] = None   # what the report says of the model (an instruct tune, a licence); not in stage keys
 
 
 ConfigStore.instance().store(group="model", name="model_schema", node=ModelConfig)

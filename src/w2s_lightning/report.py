@@ -70,6 +70,17 @@ def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".3f")
 
 
+def models_section(results: list[dict]) -> str:
+    """Every model of the runs, smallest first, with what its config says about it (``about``)."""
+    models: dict[str, dict] = {}
+    for cfg in (c for r in results for c in (r["config"]["weak"], r["config"]["strong"])):
+        if cfg.get("about") or cfg["name"] not in models:  # runs from before `about` existed say nothing
+            models[cfg["name"]] = cfg
+    lines = [f"- {m['name']} ({m['params'] / 1e6:,.0f}M parameters)" + (f": {m['about']}" if m.get("about") else "")
+             for m in sorted(models.values(), key=lambda m: m["params"])]
+    return "## Models\n\n" + "\n".join(lines)
+
+
 def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) -> dict:
     """Write the tables (CSV, Markdown), figures (PNG) and accounting into ``out_dir``."""
     out = Path(out_dir)
@@ -89,6 +100,7 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
     markdown = "\n\n".join([
         "# Weak-to-strong report",
         "## Median PGR per task and loss\n\n" + _markdown(summary),
+        models_section(results),
         "## Per pair (means over seeds)\n\n" + _markdown(pairs),
         "## Stages\n\n" + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()),
         "## Figures\n\n" + "\n".join(f"![{f.stem}](figures/{f.name})" for f in figures),

@@ -22,8 +22,9 @@ from w2s_lightning.methods import StageRequest
 # stage per split without a bump: their spec changed shape, so no old key can match.
 STAGE_FORMAT = 4
 GROUND_TRUTH = "ground_truth"
-# Trainer settings that change only what is shown, never a stage's result.
+# Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
+DISPLAY_ONLY_MODEL_KEYS = ("about",)
 
 
 def plain(node: DictConfig | None):
@@ -34,6 +35,10 @@ def fingerprint(splits) -> str:
     """A hash of every split's texts and labels: stage keys follow the data itself, so edited
     files, another hub revision or a changed formatter never reuse stale stages."""
     return content_key({name: [list(rows["text"]), list(rows["label"])] for name, rows in splits.items()})
+
+
+def model_settings(model_cfg: DictConfig) -> dict:
+    return {k: v for k, v in plain(model_cfg).items() if k not in DISPLAY_ONLY_MODEL_KEYS}
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
@@ -52,13 +57,13 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
     """The spec of ``request``; ``keys`` holds the cache keys of the stages it depends on
     (``supervisor``, ``init``, ``features``)."""
     if request.kind == "features":  # a frozen forward pass: no seed, and the task is in the texts
-        return {"format": STAGE_FORMAT, "data": data_key, "features": True, "model": plain(request.model),
+        return {"format": STAGE_FORMAT, "data": data_key, "features": True, "model": model_settings(request.model),
                 "trainer": trainer_settings(cfg), "init": keys.get("init")}
     common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": plain(cfg.task)}
     if request.kind == "relabel":  # no model trains: the function and its input decide everything
         return {**common, "relabel": request.options["fn"], "supervisor": keys["supervisor"],
                 "predicts": list(request.predicts)}
-    common.update(model=plain(request.model), trainer=trainer_settings(cfg), init=keys.get("init"))
+    common.update(model=model_settings(request.model), trainer=trainer_settings(cfg), init=keys.get("init"))
     if request.kind == "generative":
         return {**common, "generative": dict(request.options), "batch_size": cfg.train.batch_size}
     return {
