@@ -31,7 +31,7 @@ STOPS = {"trainer=gpu": "use trainer=cpu here",
 CAUSAL_INSTALLED = all(model.installed() for model in zoo.GGUF_MODELS.values())
 if not CAUSAL_INSTALLED:
     STOPS.update({"offline_causal": "make install-causal", "qwen25_coder": "make install-causal"})
-SWEEP_CUTS["experiment=offline_causal"] = "task=sciq 'model@weak=smollm2_135m' 'model@strong=gemma3_270m' loss=xent"
+SWEEP_CUTS["experiment=offline_causal"] = "task=sciq 'model@weak=smollm2_135m' 'model@strong=gemma3_270m' loss=xent seed=0"
 
 
 def readme_commands() -> list[str]:

