@@ -133,13 +133,14 @@ def run(cfg: DictConfig) -> dict:
     reason = skip_reason(cfg, sweep=config.in_ladder_sweep())
     if reason:
         return skip(cfg, output_dir, reason)
+    requests = methods.recipe(cfg)
     # What this machine lacks (a zoo model's wheels) stops the run here, before any stage trains.
-    for model_cfg in {r.model.name: r.model for r in methods.recipe(cfg) if r.model is not None}.values():
+    for model_cfg in {r.model.name: r.model for r in requests if r.model is not None}.values():
         zoo.check_available(model_cfg.path, cfg.paths.zoo_dir)
 
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
 
-    stages = StageRunner(cfg, splits).run(methods.recipe(cfg))
+    stages = StageRunner(cfg, splits).run(requests)
 
     results = Results(
         task=cfg.task.name, weak_model=cfg.weak.name, strong_model=cfg.strong.name, loss=cfg.loss.name,
