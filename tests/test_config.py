@@ -70,7 +70,7 @@ def test_every_option_composes_and_instantiates(option):
     if needs_gpu:
         refusal = "use trainer=cpu here"
     elif cfg.finetune.name == "full" and not fits_in_memory(max(cfg.weak.params, cfg.strong.params)):
-        refusal = "Use finetune=lora"  # the 7B rungs on this machine
+        refusal = "finetune=lora"  # the 7B rungs on this machine
     if refusal:
         with pytest.raises(ConfigError, match=refusal):
             pipeline.check_config(cfg)
@@ -86,7 +86,7 @@ def fits_in_memory(params: float) -> bool:
 def test_full_fine_tuning_that_outgrows_memory_is_refused_up_front(make_cfg, finetune):
     cfg = make_cfg("model@strong=qwen25_coder_15b", f"finetune={finetune}")
     if finetune == "full" and not fits_in_memory(cfg.strong.params):
-        with pytest.raises(ConfigError, match=r"qwen25_coder_15b.*about 23.0 GiB.*Use finetune=lora"):
+        with pytest.raises(ConfigError, match=r"qwen25_coder_15b.*about 23.0 GiB per device.*finetune=lora"):
             pipeline.check_config(cfg)
     else:  # frozen backbones, or a machine with room for 1.5B parameters and their AdamW state
         pipeline.check_config(cfg)

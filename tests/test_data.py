@@ -2,7 +2,7 @@
 
 import torch
 
-from w2s_lightning.data import ShuffledBuckets, TaskDataModule
+from w2s_lightning.data import RankShare, ShuffledBuckets, TaskDataModule, share_of
 
 
 def padded(batches, lengths) -> int:
@@ -38,4 +38,22 @@ def test_predictions_come_back_in_row_order():
     assert datamodule.by_length("test") == [1, 3, 0, 2]  # longest first
     # The loader's predictions for rows 1, 3, 0, 2 (each row's prediction is its own index here).
     predicted = torch.tensor([1.0, 3.0, 0.0, 2.0])
-    assert datamodule.in_row_order("test", predicted).tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert datamodule.in_row_order("test", [predicted]).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_ranks_predict_disjoint_rows_that_come_back_in_row_order():
+    datamodule = Lengths([3, 9, 1, 5, 7])
+    shares = [datamodule.rows_of_rank("test", rank, 2) for rank in (0, 1)]
+    assert shares == [[1, 3, 2], [4, 0]]  # by_length is [1, 4, 3, 0, 2]: no row twice, none left out
+    gathered = [torch.tensor(rows, dtype=torch.float) for rows in shares]
+    assert datamodule.in_row_order("test", gathered).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_ranks_share_micro_batches_as_one_device_accumulates_them():
+    batches = [[i] for i in range(7)]  # seven micro-batches of one epoch
+    shares = [list(RankShare(batches, rank, 2)) for rank in (0, 1)]
+    assert shares == [[[0], [2], [4], [6]], [[1], [3], [5], [0]]]  # as many each; rank 1 repeats the first
+    # Two ranks accumulating 2 micro-batches each see, per step, the 4 a single device accumulates.
+    steps = [sorted(shares[0][2 * k:2 * k + 2] + shares[1][2 * k:2 * k + 2]) for k in range(2)]
+    assert steps == [[[0], [1], [2], [3]], [[0], [4], [5], [6]]]
+    assert share_of(batches, 0, 1) is batches  # one device: the sampler itself, unchanged

@@ -92,9 +92,19 @@ def test_batch_size_must_split_into_micro_batches(make_cfg, tiny_overrides):
         pipeline.run(make_cfg(*tiny_overrides, "train.batch_size=24", "weak.minibatch_size=16"))
 
 
-def test_several_devices_are_refused_before_training(make_cfg, tiny_overrides):
-    with pytest.raises(ConfigError, match="trainer.devices=2: stages predict on one device"):
-        pipeline.run(make_cfg(*tiny_overrides, "trainer.devices=2"))
+@pytest.mark.parametrize("overrides, refusal", [
+    (["trainer.devices=2"], "trainer.strategy=auto: set trainer.strategy=ddp"),
+    (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "Spawned or forked ranks cannot share the stage cache"),
+    (["trainer.devices=auto"], "give a number of devices"),
+    (["trainer.devices=2", "trainer.strategy=ddp", "strong.minibatch_size=16"],
+     r"minibatch_size=16 x 2 ranks \(trainer.devices x num_nodes\)"),
+    (["trainer.devices=2", "trainer.strategy=ddp", "trainer.num_nodes=2"], "hydra/launcher=slurm"),
+])
+def test_multi_device_settings_that_cannot_run_are_refused_before_training(make_cfg, tiny_overrides, overrides,
+                                                                          refusal, tmp_path):
+    with pytest.raises(ConfigError, match=refusal):
+        pipeline.run(make_cfg(*tiny_overrides, *overrides))
+    assert not (tmp_path / "cache" / "stages").exists()
 
 
 def test_cpu_precision_follows_the_cpu(make_cfg):

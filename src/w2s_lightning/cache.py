@@ -19,17 +19,24 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from w2s_lightning import parallel
+
 log = logging.getLogger(__name__)
 
 
-def build_once(final: Path, build: Callable[[Path], None]) -> bool:
+def build_once(final: Path, build: Callable[[Path], None], by_ranks: bool = False) -> bool:
     """Make sure ``final`` exists, calling ``build(tmp_dir)`` if it does not.
 
-    Returns True when this call built it, False when it was already there.
-    """
+    Returns True when this call built it, False when it was already there. ``by_ranks``: the
+    build is one stage spread over the experiment's ranks (``parallel``), whose rank 0 decides
+    and publishes while the others follow. Otherwise (a zoo model) any process may build it,
+    the others wait on the lock."""
+    if by_ranks and not parallel.is_leader():
+        return follow(final, build)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{final}.lock"):
-        if final.exists():
+        exists = final.exists()
+        if parallel.leaders_answer(exists) if by_ranks else exists:
             return False
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
         try:
@@ -37,7 +44,25 @@ def build_once(final: Path, build: Callable[[Path], None]) -> bool:
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return True
+    if by_ranks:
+        parallel.barrier()  # the other ranks read ``final`` once it is there
+    return True
+
+
+def follow(final: Path, build: Callable[[Path], None]) -> bool:
+    """A rank > 0: build beside rank 0 (its part of every collective) into a scratch folder
+    that is never published, then wait for rank 0's entry. It takes no lock: rank 0 holds it."""
+    if parallel.leaders_answer(False):
+        return False
+    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-rank{parallel.rank()}-"))
+    try:
+        build(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    parallel.barrier()
+    if not final.exists():
+        raise RuntimeError(f"rank 0 did not publish {final}; its error is printed above.")
+    return True
 
 
 def content_key(spec: Any) -> str:
@@ -63,5 +88,5 @@ class StageCache:
             (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
 
         final = self.path(kind, spec)
-        built = build_once(final, build_with_spec)
+        built = build_once(final, build_with_spec, by_ranks=True)
         return final, not built

@@ -7,8 +7,10 @@ import datasets
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from transformers import PreTrainedTokenizerBase
+
+from w2s_lightning.errors import ConfigError
 
 
 class ShuffledBuckets(Sampler[list[int]]):
@@ -34,6 +36,28 @@ class ShuffledBuckets(Sampler[list[int]]):
             batches += [bucket[i:i + self.minibatch_size] for i in range(0, len(bucket), self.minibatch_size)]
         for i in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[i]
+
+
+class RankShare(Sampler[list[int]]):
+    """One rank's micro-batches of ``batches``: every ``world``-th from its rank on, so that the
+    ranks' micro-batches of one optimizer step are the ones a single device would accumulate.
+    Every rank gets as many (DDP steps in lockstep): where they don't divide evenly, the last
+    ranks repeat the epoch's first micro-batches. Every rank draws the same order (same seed)."""
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.world)
+
+    def __iter__(self):
+        batches = list(self.batches)
+        mine = batches[self.rank::self.world]
+        yield from mine + batches[:len(self) - len(mine)]
+
+
+def share_of(batches: Sampler[list[int]], rank: int, world: int) -> Sampler[list[int]]:
+    return batches if world == 1 else RankShare(batches, rank, world)
 
 
 def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
@@ -125,15 +149,30 @@ class TaskDataModule(pl.LightningDataModule):
         lengths = self.lengths(name)
         return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
-    def in_row_order(self, name: str, values: torch.Tensor) -> torch.Tensor:
-        """Undo ``by_length``: predictions of ``name``'s loader, back in the split's row order."""
-        restored = torch.empty_like(values)
-        restored[self.by_length(name)] = values
+    def ranks(self) -> tuple[int, int]:
+        """This process's rank and the number of ranks of the Trainer the datamodule serves."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def rows_of_rank(self, name: str, rank: int, world: int) -> list[int]:
+        """The rows of ``name`` that ``rank`` predicts, in the order it predicts them: every
+        ``world``-th row of ``by_length``. No row is repeated to even out the ranks."""
+        return self.by_length(name)[rank::world]
+
+    def in_row_order(self, name: str, shares: list[torch.Tensor]) -> torch.Tensor:
+        """The predictions of ``name`` (one tensor per rank, in ``rows_of_rank`` order), back in
+        the split's row order."""
+        restored = shares[0].new_empty((sum(len(s) for s in shares), *shares[0].shape[1:]))
+        for rank, values in enumerate(shares):
+            restored[self.rows_of_rank(name, rank, len(shares))] = values
         return restored
 
     def _eval_loader(self, name: str) -> DataLoader:
-        return DataLoader(self.prepared[name], batch_size=self.eval_batch_size, sampler=self.by_length(name),
-                          collate_fn=self.collate)
+        rank, world = self.ranks()
+        if len(self.prepared[name]) < world:
+            raise ConfigError(f"split {name} has {len(self.prepared[name])} rows for {world} ranks; every rank "
+                              "predicts at least one row: use fewer devices or more rows.")
+        return DataLoader(self.prepared[name], batch_size=self.eval_batch_size,
+                          sampler=self.rows_of_rank(name, rank, world), collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
         # The training order has a generator of its own: validation and prediction loaders
@@ -141,9 +180,11 @@ class TaskDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         rows = self.prepared[self.train_split]
         if self.length_buckets:
-            sampler = ShuffledBuckets(self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator)
-            return DataLoader(rows, batch_sampler=sampler, collate_fn=self.collate)
-        return DataLoader(rows, batch_size=self.minibatch_size, shuffle=True, collate_fn=self.collate,
+            batches = ShuffledBuckets(self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator)
+            return DataLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate)
+        # DataLoader(shuffle=True, generator=generator), spelt out so that ranks can share it.
+        batches = BatchSampler(RandomSampler(rows, generator=generator), self.minibatch_size, drop_last=False)
+        return DataLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate,
                           generator=generator)
 
     def val_dataloader(self) -> list[DataLoader]:

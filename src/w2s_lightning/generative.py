@@ -15,10 +15,10 @@ import datasets
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-from w2s_lightning.data import tokenize
+from w2s_lightning.data import share_of, tokenize
 from w2s_lightning.errors import TrainingError
 from w2s_lightning.models import load_pretrained, load_tokenizer
 from w2s_lightning.module import adamw_schedule
@@ -62,8 +62,10 @@ def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: data
     tokenized = tokenize(texts, tokenizer, model_cfg.max_length).with_format("python")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=model_cfg.objective == "masked_lm",
                                                mlm_probability=options["mlm_probability"])
-    loader = DataLoader(tokenized, batch_size=model_cfg.minibatch_size, shuffle=True, collate_fn=collator,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches = BatchSampler(RandomSampler(tokenized, generator=generator), model_cfg.minibatch_size, drop_last=False)
+    loader = DataLoader(tokenized, batch_sampler=share_of(batches, trainer.global_rank, trainer.world_size),
+                        collate_fn=collator, generator=generator)
     module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr, adamw=cfg.train.adamw)
     trainer.fit(module, train_dataloaders=loader)
     model.save_pretrained(out / "model")

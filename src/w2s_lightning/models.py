@@ -131,6 +131,10 @@ def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | 
     """The backbone of ``model_cfg`` under a fresh head; with ``finetune.name == 'lora'``,
     with LoRA adapters on the backbone. ``seed`` fixes the adapters' random init."""
     backbone = load_pretrained(AutoModel, model_cfg, zoo_dir, seed=seed, dropout=dropout)
+    if getattr(backbone, "pooler", None) is not None:
+        # An encoder's pooler (BERT, MPNet: a dense layer on the first token) is never used
+        # here; DDP refuses parameters that no loss reaches, and nobody pays for its compute.
+        backbone.pooler = None
     if model_cfg.get("gradient_checkpointing"):
         backbone.activation_checkpointing_enable()
     if finetune is not None and finetune.name == "lora":

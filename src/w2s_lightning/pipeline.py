@@ -14,7 +14,7 @@ import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from w2s_lightning import config, methods, tasks, tracking, zoo
+from w2s_lightning import config, methods, parallel, tasks, tracking, zoo
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.models import check_pooling
 from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
@@ -41,23 +41,27 @@ def trains_every_weight(cfg: DictConfig, request: methods.StageRequest) -> bool:
 
 def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
     """Refuse to train every weight of a model whose weights and AdamW state alone outgrow the
-    device: it would be killed (or swap for days) minutes into the stage."""
-    need = BYTES_PER_TRAINED_PARAMETER * model_cfg.params
+    device: it would be killed (or swap for days) minutes into the stage. FSDP shares them
+    among the ranks; DDP gives every rank all of them."""
+    shards = parallel.world_size(cfg) if parallel.shards_states(cfg) else 1
+    need = BYTES_PER_TRAINED_PARAMETER * model_cfg.params / shards
     have, where = device_memory(cfg)
     if need > MEMORY_HEADROOM * have:
+        sharded = f", sharded over {shards} ranks" if shards > 1 else ""
         raise ConfigError(
             f"model '{model_cfg.name}' ({model_cfg.params:.3g} parameters): {role} trains every weight, and its "
-            f"float32 weights, gradients and AdamW moments alone take about {need / 2**30:.1f} GiB "
-            f"({BYTES_PER_TRAINED_PARAMETER} bytes per parameter, before activations), more than "
-            f"{MEMORY_HEADROOM:.0%} of this {where} ({have / 2**30:.1f} GiB). Use finetune=lora (frozen weights, "
-            f"{4 * model_cfg.params / 2**30:.1f} GiB in float32, trainable adapters) or finetune=probe, or a "
-            "machine with more memory."
+            f"float32 weights, gradients and AdamW moments alone take about {need / 2**30:.1f} GiB per device "
+            f"({BYTES_PER_TRAINED_PARAMETER} bytes per parameter{sharded}, before activations), more than "
+            f"{MEMORY_HEADROOM:.0%} of this {where} ({have / 2**30:.1f} GiB). Use trainer=gpu_fsdp over more GPUs "
+            f"(README: memory per model), finetune=lora (frozen weights, {4 * model_cfg.params / 2**30:.1f} GiB in "
+            "float32, trainable adapters) or finetune=probe, or a machine with more memory."
         )
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config that would fail or mislead halfway through, before any training. (Types
     and required keys of models are checked by their schema, ``config.ModelConfig``.)"""
+    parallel.check(cfg)
     requests = methods.recipe(cfg)
     missing = set(PGR_ROLES) - {r.role for r in requests}
     if missing:
@@ -85,13 +89,6 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer=gpu, but this machine has no CUDA GPU that torch can see; "
                           "use trainer=cpu here, or install the CUDA build of torch (README).")
-    if str(cfg.trainer.get("devices", 1)) != "1" or int(cfg.trainer.get("num_nodes", 1)) != 1:
-        # Under DDP, Trainer.predict returns each rank's share only: the weak labels and test
-        # predictions would be incomplete.
-        raise ConfigError(
-            f"trainer.devices={cfg.trainer.devices}: stages predict on one device; "
-            "set trainer.devices=1 (one GPU or CPU process per job, several jobs in a sweep)."
-        )
     for request in (r for r in requests if trains_every_weight(cfg, r)):  # once the device is known to exist
         check_memory(cfg, request.model, request.role)
 
@@ -140,7 +137,10 @@ def run(cfg: DictConfig) -> dict:
 
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
 
-    stages = StageRunner(cfg, splits).run(requests)
+    with parallel.ranks(cfg):
+        stages = StageRunner(cfg, splits).run(requests)
+    if not parallel.is_leader():  # rank 0 writes the results; this rank's stages were its share
+        return {}
 
     results = Results(
         task=cfg.task.name, weak_model=cfg.weak.name, strong_model=cfg.strong.name, loss=cfg.loss.name,

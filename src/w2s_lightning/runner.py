@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from w2s_lightning import generative, stage_key, tracking
+from w2s_lightning import generative, parallel, stage_key, tracking
 from w2s_lightning.cache import StageCache
 from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
@@ -49,12 +49,16 @@ class FeatureModule(pl.LightningModule):
 
 
 def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
-    if cfg.train.batch_size % model_cfg.minibatch_size:
+    """Micro-batches each rank accumulates per optimizer step: every step sees
+    ``train.batch_size`` examples, however many ranks share them."""
+    per_step = model_cfg.minibatch_size * parallel.world_size(cfg)
+    if cfg.train.batch_size % per_step:
+        ranks = f" x {parallel.world_size(cfg)} ranks (trainer.devices x num_nodes)" if per_step != model_cfg.minibatch_size else ""
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
-            f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}; change one of them."
+            f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}{ranks}; change one of them."
         )
-    return cfg.train.batch_size // model_cfg.minibatch_size
+    return cfg.train.batch_size // per_step
 
 
 class StageRunner:
@@ -121,8 +125,9 @@ class StageRunner:
         log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
         classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
         datamodule = self.datamodule(request, {}, None)
-        outputs = self.trainer(request.model, 1, out, False).predict(FeatureModule(classifier), datamodule=datamodule)
-        self.save(out, datamodule, request.predicts, outputs)
+        trainer = self.trainer(request.model, 1, out, False)
+        outputs = trainer.predict(FeatureModule(classifier), datamodule=datamodule)
+        self.save(out, trainer, datamodule, request.predicts, outputs)
 
     def _relabel(self, out: Path, request: StageRequest, supervisor: StageResult, *_) -> None:
         log.info("%s: %s applied to %s's labels", request.role, request.options["fn"], supervisor.role)
@@ -161,7 +166,7 @@ class StageRunner:
             trainer.fit(module, datamodule=datamodule)
             train_seconds = time.time() - started
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-            predictions = self.save(out, datamodule, request.predicts,
+            predictions = self.save(out, trainer, datamodule, request.predicts,
                                     trainer.predict(module, datamodule=datamodule, ckpt_path=best or None))
             truth = {name: torch.tensor(self.splits[name]["label"]) for name in request.predicts}
             metrics = evaluate(predictions["test"], truth["test"])
@@ -233,6 +238,7 @@ class StageRunner:
             logger=logger, default_root_dir=self.cfg.paths.output_dir, callbacks=callbacks,
             enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
             val_check_interval=self.cfg.select.val_every,
+            use_distributed_sampler=False,  # the loaders share their rows among ranks themselves (data.py)
         )
 
     @staticmethod
@@ -254,11 +260,17 @@ class StageRunner:
                               length_buckets=self.cfg.train.length_buckets, **common)
 
     @staticmethod
-    def save(out: Path, datamodule: TaskDataModule, names: tuple[str, ...], outputs) -> dict[str, torch.Tensor]:
-        """Predictions per split, back in row order, written to ``out/predictions.safetensors``."""
+    def save(out: Path, trainer: pl.Trainer, datamodule: TaskDataModule, names: tuple[str, ...],
+             outputs) -> dict[str, torch.Tensor]:
+        """Predictions per split, gathered from every rank, back in row order, written to
+        ``out/predictions.safetensors``."""
         if len(names) == 1:  # Lightning unnests a single loader's batches
             outputs = [outputs]
-        predictions = {n: datamodule.in_row_order(n, torch.cat(b).float()).contiguous() for n, b in zip(names, outputs)}
+        predictions = {}
+        for name, batches in zip(names, outputs):
+            counts = [len(datamodule.rows_of_rank(name, r, trainer.world_size)) for r in range(trainer.world_size)]
+            shares = parallel.gather(trainer, torch.cat(batches).float(), counts)
+            predictions[name] = datamodule.in_row_order(name, shares).contiguous()
         save_file(predictions, str(out / "predictions.safetensors"))
         return predictions
 

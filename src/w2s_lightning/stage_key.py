@@ -25,6 +25,9 @@ GROUND_TRUTH = "ground_truth"
 # Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
+# Trainer settings conf/trainer gained after stages were cached, at the value Lightning takes
+# without them: left out of the key there, so those stages keep their keys.
+LIGHTNING_DEFAULTS = {"strategy": "auto", "num_nodes": 1}
 
 
 def plain(node: DictConfig | None):
@@ -42,7 +45,8 @@ def model_settings(model_cfg: DictConfig) -> dict:
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
-    return {k: v for k, v in plain(cfg.trainer).items() if k not in DISPLAY_ONLY_TRAINER_KEYS}
+    return {k: v for k, v in plain(cfg.trainer).items()
+            if k not in DISPLAY_ONLY_TRAINER_KEYS and (k not in LIGHTNING_DEFAULTS or LIGHTNING_DEFAULTS[k] != v)}
 
 
 def kind_of(request: StageRequest) -> str:
