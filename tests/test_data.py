@@ -1,5 +1,8 @@
 """Batching: length buckets that keep the order random, and predictions back in row order."""
 
+from types import SimpleNamespace
+
+import datasets
 import torch
 
 from w2s_lightning.data import RankShare, ShuffledBuckets, TaskDataModule, share_of
@@ -30,7 +33,7 @@ class Lengths(TaskDataModule):
     def __init__(self, lengths):
         super().__init__(splits=None, tokenizer=None, train_split="test", predict_splits=["test"],
                          minibatch_size=2, eval_batch_size=2)
-        self.prepared = {"test": {"input_ids": [[0] * n for n in lengths]}}
+        self.prepared = {"test": datasets.Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})}
 
 
 def test_predictions_come_back_in_row_order():
@@ -47,6 +50,12 @@ def test_ranks_predict_disjoint_rows_that_come_back_in_row_order():
     assert shares == [[1, 3, 2], [4, 0]]  # by_length is [1, 4, 3, 0, 2]: no row twice, none left out
     gathered = [torch.tensor(rows, dtype=torch.float) for rows in shares]
     assert datamodule.in_row_order("test", gathered).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # Rank 1 predicts as many rows as rank 0: its two, then a copy marked as one (index 5 = row 0).
+    datamodule.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    loader = datamodule.predict_dataloader()[0]
+    assert list(loader.sampler) == [4, 0, 5]
+    copy = loader.dataset[5]
+    assert copy["real"] is False and copy["input_ids"] == datamodule.prepared["test"][0]["input_ids"]
 
 
 def test_ranks_share_micro_batches_as_one_device_accumulates_them():

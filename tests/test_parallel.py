@@ -29,7 +29,9 @@ def predictions(stage: dict) -> dict:
 @pytest.mark.slow
 def test_a_stage_on_two_ddp_ranks_predicts_every_row_once_as_one_device_does(make_cfg, tiny_overrides, tmp_path):
     # Batches of 16 in micro-batches of 8: one device accumulates two, each of two ranks one.
-    overrides = [*tiny_overrides, "weak.minibatch_size=8", "strong.minibatch_size=8"]
+    # Odd val and test splits: one rank predicts a copy of a row, which must not count.
+    overrides = [*tiny_overrides, "weak.minibatch_size=8", "strong.minibatch_size=8", "task.n_val=15",
+                 "task.n_test=63", "select=weak_val"]  # the transfer keeps its best checkpoint on val
     one = pipeline.run(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'one'}"))
     ddp = make_cfg(*overrides, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
                    f"paths.output_dir={tmp_path / 'ddp'}", "logger.mode=offline")
@@ -42,7 +44,9 @@ def test_a_stage_on_two_ddp_ranks_predicts_every_row_once_as_one_device_does(mak
         for split, values in single.items():
             assert spread[split].shape == values.shape  # every row once: none missing, none repeated
             worst = max(worst, float((spread[split] - values).abs().max()))
-    print(f"largest difference in P(label=1), two ranks against one device: {worst:.2e}")
+    assert two["stages"]["transfer"]["selected_step"] == one["stages"]["transfer"]["selected_step"]
+    print(f"largest difference in P(label=1), two ranks against one device: {worst:.2e}; transfer selected step "
+          f"{two['stages']['transfer']['selected_step']}")
     assert worst < TOLERANCE
     # Rank 0 alone published: one entry per stage, no scratch folder of rank 1 left, one results.json,
     # and W&B runs of rank 0 only (one per trained stage and the summary).

@@ -10,8 +10,6 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from w2s_lightning.errors import ConfigError
-
 
 class ShuffledBuckets(Sampler[list[int]]):
     """Micro-batches of rows of similar length, in a random order: little padding, and the
@@ -70,6 +68,19 @@ def tokenize(splits: datasets.DatasetDict | datasets.Dataset, tokenizer: PreTrai
     ``datasets`` pickle it (and the Trainer and W&B logger it points to) to fingerprint every map."""
     return splits.map(_tokenize_batch, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
                       batched=True, remove_columns=["text"])
+
+
+class WithCopies(torch.utils.data.Dataset):
+    """``rows``, and row ``i`` again at index ``len(rows) + i`` marked ``real=False``."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return 2 * len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.rows[index % len(self.rows)], "real": index < len(self.rows)}
 
 
 class TaskDataModule(pl.LightningDataModule):
@@ -138,6 +149,7 @@ class TaskDataModule(pl.LightningDataModule):
         return {
             "target": torch.tensor([r["target"] for r in rows], dtype=torch.float32),
             "label": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+            "real": torch.tensor([r.get("real", True) for r in rows]),
         }
 
     def lengths(self, name: str) -> list[int]:
@@ -167,12 +179,14 @@ class TaskDataModule(pl.LightningDataModule):
         return restored
 
     def _eval_loader(self, name: str) -> DataLoader:
+        """This rank's rows of ``name``; where ranks have one fewer, a copy of a row marked
+        ``real=False`` (left out of metrics; its prediction is cut off when they are gathered).
+        Every rank then runs as many batches: FSDP's forward is a collective call."""
         rank, world = self.ranks()
-        if len(self.prepared[name]) < world:
-            raise ConfigError(f"split {name} has {len(self.prepared[name])} rows for {world} ranks; every rank "
-                              "predicts at least one row: use fewer devices or more rows.")
-        return DataLoader(self.prepared[name], batch_size=self.eval_batch_size,
-                          sampler=self.rows_of_rank(name, rank, world), collate_fn=self.collate)
+        rows = self.rows_of_rank(name, rank, world)
+        padding = [len(self.prepared[name]) + i for i in range(-(-len(self.prepared[name]) // world) - len(rows))]
+        return DataLoader(WithCopies(self.prepared[name]), batch_size=self.eval_batch_size, sampler=rows + padding,
+                          collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
         # The training order has a generator of its own: validation and prediction loaders

@@ -42,7 +42,7 @@ class W2SModule(pl.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits from the model inputs in ``batch`` (token ids and mask, or probe features)."""
-        return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label")})
+        return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label", "real")})
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
@@ -60,9 +60,10 @@ class W2SModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        p1 = self(batch).softmax(dim=-1)[:, 1]
-        self.val_metrics.update(p1, batch["label"])
-        self.val_supervisor_acc.update(p1, (batch["target"] > 0.5).long())
+        real = batch["real"]  # not the copies that even out the ranks' batches (data.py)
+        p1 = self(batch).softmax(dim=-1)[:, 1][real]
+        self.val_metrics.update(p1, batch["label"][real])
+        self.val_supervisor_acc.update(p1, (batch["target"][real] > 0.5).long())
         self.log_dict(self.val_metrics, prog_bar=True)
         self.log("val/supervisor_acc", self.val_supervisor_acc)
 
