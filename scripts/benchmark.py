@@ -101,13 +101,16 @@ def compose(model: str, rows: int, task: str, overrides: list[str], out: Path):
 
 
 def report(name: str, figures: dict, params: int, precision: str, device: str = "cpu") -> dict:
-    """Adds MFU (real tokens, 6N FLOPs a trained token, 2N a predicted one) and peak RSS."""
+    """Adds MFU (real tokens, 6N FLOPs a trained token, 2N a predicted one), peak RSS and, on a
+    GPU, the peak of torch's GPU memory."""
     peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32, device)
     for phase, flops_per_token in (("train", 6), ("predict", 2)):
         if f"{phase}_tokens_per_s" in figures:
             figures[f"{phase}_mfu"] = flops_per_token * params * figures[f"{phase}_tokens_per_s"] / peak
     figures.update(name=name, precision=precision, matmul_peak_gflops=peak / 1e9, non_embedding_params=params,
                    peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    if device == "cuda":
+        figures["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(figures))
     return figures
 
@@ -115,9 +118,14 @@ def report(name: str, figures: dict, params: int, precision: str, device: str = 
 # ------------------------------------------------------------------ commands
 
 
+# GPT-2's sizes (layers, width, heads), as the hub's configs give them.
+GPT2_SIZES = {"small": (12, 768, 12), "medium": (24, 1024, 16), "large": (36, 1280, 20), "xl": (48, 1600, 25)}
+
+
 def make_gpt2(args) -> None:
-    """A GPT-2-shaped model (12 layers, 768 wide, 12 heads) with random weights and the
-    byte-level BPE tokenizer of ``--tokenizer`` (SmolLM2's from the offline zoo by default)."""
+    """A GPT-2-shaped model (``--size``: small is 12 layers, 768 wide, 12 heads) with random
+    weights and the byte-level BPE tokenizer of ``--tokenizer`` (SmolLM2's from the offline zoo
+    by default)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from w2s_lightning import zoo
@@ -126,7 +134,8 @@ def make_gpt2(args) -> None:
     source = args.tokenizer or zoo.resolve("zoo:smollm2_135m", str(zoo_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+    layers, width, heads = GPT2_SIZES[args.size]
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=width, n_layer=layers, n_head=heads,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(args.folder)
     tokenizer.save_pretrained(args.folder)
@@ -269,8 +278,9 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    gpt2 = commands.add_parser("gpt2", help="write a GPT-2-shaped 124M model with random weights")
+    gpt2 = commands.add_parser("gpt2", help="write a GPT-2-shaped model with random weights")
     gpt2.add_argument("folder")
+    gpt2.add_argument("--size", choices=GPT2_SIZES, default="small", help="small (124M), medium (355M), ...")
     gpt2.add_argument("--tokenizer", help="a tokenizer folder (default: SmolLM2's byte-level BPE from the zoo)")
     gpt2.set_defaults(run=make_gpt2)
     for name, run in (("project", project), ("reference", reference), ("suite", suite)):

@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, read_wandb_run
+from w2s_lightning import parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZES = [
@@ -212,7 +213,7 @@ def test_paper_nlp_preset_composes_a_gpt2_and_qwen_ladder_on_five_tasks():
         models = params["model@weak"].split(",")
         assert params["model@strong"] == params["model@weak"]
         assert [m for m in models if m.startswith("gpt2")] == ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
-        assert sum(m.startswith("qwen") for m in models) >= 3
+        assert [m for m in models if m.startswith("qwen")] == ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"]
         assert params["task"].split(",") == ["sciq", "boolq", "cosmos_qa", "amazon_polarity", "anthropic_hh"]
         assert params["loss"] == "xent,aux_conf"
         assert cfg.train.batch_size == 32 and cfg.train.epochs == 2
@@ -220,7 +221,16 @@ def test_paper_nlp_preset_composes_a_gpt2_and_qwen_ladder_on_five_tasks():
         for model in models:  # every rung is a model config that composes
             assert compose(config_name="config", overrides=["experiment=paper_nlp", f"model@strong={model}"]).strong.name == model
         lora = compose(config_name="config", overrides=["experiment=paper_nlp_lora"], return_hydra_config=True)
-        assert lora.finetune.name == "lora" and lora.hydra.sweeper.params == params
+        lora_models = lora.hydra.sweeper.params["model@weak"].split(",")
+        assert lora.finetune.name == "lora" and lora_models == [*models, "qwen2.5-7b"]  # 7B fits one GPU with LoRA
+        assert lora.hydra.sweeper.params["task"] == params["task"]
+        # The 7B students, fully fine-tuned: sharded over 4 GPUs, 4 Slurm tasks per job.
+        big = compose(config_name="config", overrides=["experiment=paper_nlp_7b", "hydra/launcher=slurm"],
+                      return_hydra_config=True)
+        assert big.hydra.sweeper.params["model@strong"] == "qwen2.5-7b"
+        assert big.trainer.devices == 4 and parallel.shards_states(big) and big.trainer.precision == "bf16-mixed"
+        assert big.hydra.launcher.tasks_per_node == 4 and big.hydra.launcher.gpus_per_node == 4
+        assert big.task == cfg.task and big.train == cfg.train
         ladder = compose(config_name="config", overrides=["experiment=offline_ladder"], return_hydra_config=True)
         assert ladder.hydra.sweeper.params["task"] == "sciq,boolq,sst2"
 

@@ -140,18 +140,19 @@ def test_validation_schedule_does_not_change_a_ground_truth_stage(make_cfg, tiny
 
 
 def test_paper_nlp_pairs_models_of_one_family_only():
+    run = []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        preset = compose(config_name="config", overrides=["experiment=paper_nlp"], return_hydra_config=True)
-        models = preset.hydra.sweeper.params["model@weak"].split(",")
-        assert models == preset.hydra.sweeper.params["model@strong"].split(",")
-        run = []
-        for weak, strong in itertools.product(models, models):
-            cfg = compose(config_name="config", overrides=["experiment=paper_nlp", f"model@weak={weak}",
-                                                           f"model@strong={strong}"])
-            if pipeline.skip_reason(cfg, sweep=True) is None:
-                run.append((cfg.weak.family, cfg.strong.family))
-    assert len(run) == 12 and all(weak == strong for weak, strong in run)  # C(4,2) GPT-2 pairs + C(4,2) Qwen pairs
-    assert {weak for weak, _ in run} == {"gpt2", "qwen2.5"}
+        for name in ("paper_nlp", "paper_nlp_7b"):  # one GPU per job; the 7B students on 4
+            preset = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+            params = preset.hydra.sweeper.params
+            for weak, strong in itertools.product(params["model@weak"].split(","), params["model@strong"].split(",")):
+                cfg = compose(config_name="config", overrides=[f"experiment={name}", f"model@weak={weak}",
+                                                               f"model@strong={strong}"])
+                if pipeline.skip_reason(cfg, sweep=True) is None:
+                    run.append((cfg.weak.name, cfg.strong.name))
+    assert len(run) == len(set(run)) == 12  # C(4,2) GPT-2 pairs + C(4,2) Qwen pairs, each once
+    assert all(weak.split("-")[0][:4] == strong.split("-")[0][:4] for weak, strong in run)
+    assert {strong for _, strong in run} >= {"gpt2-xl", "qwen2.5-7b"}
 
 
 def test_the_offline_ladder_sweeps_across_the_zoo_families(make_cfg):

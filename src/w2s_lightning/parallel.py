@@ -82,6 +82,9 @@ def check(cfg: DictConfig) -> None:
     if world_size(cfg) == 1:
         return
     name = strategy_name(cfg)
+    if shards_states(cfg) and cfg.trainer.get("accelerator") != "gpu":
+        raise ConfigError(f"trainer.strategy={name} shards over GPUs (Lightning's FSDP needs CUDA); on CPUs use "
+                          "trainer.strategy=ddp.")
     if name == "auto" or any(word in name.lower() for word in UNSUPPORTED_STRATEGIES):
         raise ConfigError(
             f"trainer.devices={cfg.trainer.devices} with trainer.strategy={name}: set trainer.strategy=ddp "
@@ -140,6 +143,20 @@ def gather(trainer: pl.Trainer, values: torch.Tensor, counts: list[int]) -> list
     padded[:len(values)] = values
     everyone = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()
     return [everyone[r][:count] for r, count in enumerate(counts)]
+
+
+class TransformerBlocks:
+    """FSDP's wrapping rule (trainer=gpu_fsdp): one shard unit per transformer block, the
+    classes each Hugging Face model names as its ``_no_split_modules`` (GPT2Block,
+    Qwen2DecoderLayer, BertLayer, ...). FSDP visits a model from the root down, so each
+    backbone declares its blocks before they are reached; one instance serves one Trainer."""
+
+    def __init__(self):
+        self.blocks: set[str] = set()
+
+    def __call__(self, module: torch.nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+        self.blocks.update(getattr(module, "_no_split_modules", None) or ())
+        return recurse or type(module).__name__ in self.blocks
 
 
 # ------------------------------------------------------------------ threads
@@ -213,7 +230,11 @@ def ranks(cfg: DictConfig) -> Iterator[None]:
     n_threads = threads(cfg)
     torch.set_num_threads(n_threads)
     if world_size(cfg) == 1:
-        yield
+        try:
+            yield
+        finally:  # trainer.strategy=ddp on one device: Lightning's group of one
+            if dist.is_initialized():
+                dist.destroy_process_group()
         return
     saved = {name: os.environ.get(name) for name in RANK_ENVIRONMENT}
     with tempfile.TemporaryDirectory(prefix="w2s-ranks-") as folder:

@@ -61,6 +61,9 @@ def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config that would fail or mislead halfway through, before any training. (Types
     and required keys of models are checked by their schema, ``config.ModelConfig``.)"""
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("trainer=gpu, but this machine has no CUDA GPU that torch can see; "
+                          "use trainer=cpu here, or install the CUDA build of torch (README).")
     parallel.check(cfg)
     requests = methods.recipe(cfg)
     missing = set(PGR_ROLES) - {r.role for r in requests}
@@ -86,9 +89,6 @@ def check_config(cfg: DictConfig) -> None:
                           "or drop chain=.")
     if cfg.select.callbacks and cfg.task.n_val <= 0:
         raise ConfigError(f"select={cfg.select.name} selects on the validation split; set task.n_val > 0.")
-    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("trainer=gpu, but this machine has no CUDA GPU that torch can see; "
-                          "use trainer=cpu here, or install the CUDA build of torch (README).")
     for request in (r for r in requests if trains_every_weight(cfg, r)):  # once the device is known to exist
         check_memory(cfg, request.model, request.role)
 

@@ -12,7 +12,6 @@ import netrc
 import os
 from typing import Any, Iterator
 
-import wandb
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,6 +82,8 @@ def log_summary(cfg: DictConfig, summary: dict[str, float]) -> None:
     """The experiment's headline numbers (stage accuracies, PGR) in one run of the group."""
     if not enabled(cfg):
         return
+    import wandb  # here, not at the top: runs that log nothing to W&B never import it
+
     run = wandb.init(**_run_kwargs(cfg, "summary", f"{cfg.logger.experiment}/summary"))
     run.log(summary)
     run.summary.update(summary)
