@@ -87,6 +87,8 @@ def test_accounting_counts_distinct_stages_and_those_trained_here():
     assert counts["ground_truth_stages_used"] == 3
     assert counts["ground_truth_stages_trained_here"] == 1  # only the weak stages say reused=False here
     assert counts["transfer_stages_used"] == 3 == counts["transfer_stages_trained_here"]
+    # Three jobs each say they trained the one weak stage: a cache that failed to share it.
+    assert counts["stages_trained_by_several_jobs"] == ["gt-sst2-small-0"]
 
 
 def test_build_writes_tables_figures_and_markdown(tmp_path):

@@ -185,17 +185,6 @@ def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_c
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_ladder_conf, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=submitit_local",
-                    "hydra.launcher.timeout_min=10", "model@weak=tiny_a", "model@strong=tiny_b", "loss=xent")
-    assert done.returncode == 0, done.stderr[-3000:]
-    (result,) = job_results(sweep_dir)
-    assert result["weak_model"] == "tiny_a" and set(result["stages"]) == {"weak", "ceiling", "transfer"}
-    assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))  # submitit's own record of the job
-
-
-@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_rest_of_the_sweep(tiny_ladder_conf, tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "model@weak=tiny_a", "model@strong=tiny_b",
@@ -249,3 +238,21 @@ def test_paper_nlp_starts_here_and_stops_where_the_hub_is_needed(tmp_path):
 def test_gpu_trainer_without_a_gpu_says_to_use_the_cpu_trainer(tmp_path):
     done = run_py(tmp_path / "cache", "experiment=paper_nlp", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and "use trainer=cpu here" in done.stderr
+
+
+@pytest.mark.slow
+def test_submitit_jobs_that_need_one_stage_train_it_once(tiny_ladder_conf, tmp_path):
+    """hydra/launcher=submitit_local: submitit's own job processes, as on Slurm, all started at
+    once; both jobs need the same weak and ceiling stages."""
+    sweep_dir = tmp_path / "sweep"
+    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=submitit_local",
+                    "hydra.launcher.cpus_per_task=1", "model@weak=tiny_a", "model@strong=tiny_b", "loss=xent,aux_conf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit's own record of each job
+    assert all(set(r["stages"]) == {"weak", "ceiling", "transfer"} for r in job_results(sweep_dir))
+    report = run_py(tmp_path / "cache", "command=report", f"report.dir={sweep_dir}")
+    assert report.returncode == 0, report.stderr[-3000:]
+    counts = json.loads((sweep_dir / "report" / "accounting.json").read_text())
+    assert counts["experiments"] == 2 and counts["ground_truth_stages_used"] == 2
+    assert counts["ground_truth_stages_trained_here"] == 2 and counts["stages_trained_by_several_jobs"] == []
+    assert counts["transfer_stages_trained_here"] == 2

@@ -162,29 +162,29 @@ class TransformerBlocks:
 # ------------------------------------------------------------------ threads
 
 
-def local_jobs() -> int:
-    """How many sweep jobs share this machine at once: the joblib launcher's n_jobs, else 1."""
+def launcher() -> DictConfig:
+    """The Hydra launcher's settings of this job ({} outside a Hydra app)."""
     try:
-        launcher = HydraConfig.get().launcher
-    except ValueError:  # outside a Hydra app
-        return 1
-    n_jobs = launcher.get("n_jobs")
-    return (os.cpu_count() or 1) if n_jobs is not None and n_jobs < 1 else int(n_jobs or 1)
+        return HydraConfig.get().launcher
+    except ValueError:
+        return OmegaConf.create({})
 
 
 def threads(cfg: DictConfig) -> int:
-    """Threads for this process's torch work: ``threads`` when set; else what the environment
-    says (OMP_NUM_THREADS, or a submitit job's cpus_per_task); else the machine's cores shared
-    among the local sweep jobs and this job's local ranks. torch would take one per core in
-    every process, and processes side by side then slow each other down several-fold."""
+    """Threads for this process's torch work: ``threads`` when set; else what the job was given
+    (OMP_NUM_THREADS, or a submitit job's cpus_per_task); else the machine's cores shared among
+    the local sweep jobs (joblib's n_jobs) and this job's local ranks. torch would take one per
+    core in every process, and processes side by side then slow each other down several-fold."""
     if cfg.get("threads"):
         return int(cfg.threads)
-    if os.environ.get("OMP_NUM_THREADS"):
-        return int(os.environ["OMP_NUM_THREADS"])
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    given = os.environ.get("OMP_NUM_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK") or launcher().get("cpus_per_task")
+    if given:
+        return int(given)
+    cores = os.cpu_count() or 1
+    n_jobs = launcher().get("n_jobs") or 1
+    jobs = cores if n_jobs < 1 else n_jobs  # joblib: -1 is one job per core
     ranks_here = 1 if ranks_started_outside() else devices(cfg)
-    return max(1, (os.cpu_count() or 1) // (local_jobs() * ranks_here))
+    return max(1, cores // (jobs * ranks_here))
 
 
 # ------------------------------------------------------------------ starting the ranks

@@ -165,7 +165,10 @@ def _console(report: dict) -> str:
         f"{counts['ground_truth_stages_trained_here']} trained in this sweep; "
         f"transfer stages: {counts['transfer_stages_used']} used, "
         f"{counts['transfer_stages_trained_here']} trained in this sweep\n"
-        f"report: {report['out_dir'] / 'report.md'}"
+        + (f"warning: {len(counts['stages_trained_by_several_jobs'])} stage(s) were trained by more than one job "
+           "(a stage cache on storage without working file locks?); accounting.json lists them\n"
+           if counts["stages_trained_by_several_jobs"] else "")
+        + f"report: {report['out_dir'] / 'report.md'}"
     )
 
 

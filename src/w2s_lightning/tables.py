@@ -9,6 +9,7 @@ so runs that differ in it are never averaged together nor counted as seeds.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pandas as pd
 from scipy import stats
@@ -139,14 +140,14 @@ def accounting(results: list[dict], skipped: list[dict]) -> dict:
     """How many stages the sweep trained and reused: the check that each ground-truth model
     (task, model, seed) was trained once however many pairs and losses used it."""
     used = {"gt": set(), "transfer": set()}
-    trained = {"gt": set(), "transfer": set()}
+    trained = {"gt": Counter(), "transfer": Counter()}  # jobs that trained each stage: one, with a working cache
     for result in results:
         for stage in result["stages"].values():
             kind = stage["key"].split("-")[0]  # the cache folder's prefix: gt, transfer, generative, ...
             if kind in used:
                 used[kind].add(stage["key"])
                 if stage.get("reused") is False:
-                    trained[kind].add(stage["key"])
+                    trained[kind][stage["key"]] += 1
     models = {(r["task"], r[f"{role}_model"], r["seed"]) for r in results for role in ("weak", "strong")}
     return {
         "experiments": len(results),
@@ -156,5 +157,6 @@ def accounting(results: list[dict], skipped: list[dict]) -> dict:
         "ground_truth_stages_trained_here": len(trained["gt"]),
         "transfer_stages_used": len(used["transfer"]),
         "transfer_stages_trained_here": len(trained["transfer"]),
+        "stages_trained_by_several_jobs": sorted(k for counts in trained.values() for k, n in counts.items() if n > 1),
     }
 
