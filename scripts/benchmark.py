@@ -1,4 +1,5 @@
-"""Throughput of one fine-tuning stage, this project's against the reference's.
+"""Throughput of one fine-tuning stage, this project's against the reference's; and the wall time of a small
+sweep under each Hydra launcher (`launchers`).
 
 Each measurement trains one stage on ``--rows`` rows of a task's train split (one epoch,
 batch 32 in micro-batches of 8 unless overridden) and predicts ``2 x --rows`` rows (half B
@@ -10,6 +11,7 @@ against a matmul peak measured on the spot, and peak RSS.
     python scripts/benchmark.py project mpnet_base train.length_buckets=null   # ...with a lever off
     python scripts/benchmark.py reference .cache/bench/gpt2_124m --checkout ../weak-to-strong
     python scripts/benchmark.py suite .cache/bench/gpt2_124m --checkout ../weak-to-strong
+    python scripts/benchmark.py launchers                           # one small sweep: basic vs local_parallel
 
 ``project`` runs the real stage code (``StageRunner``) with Hydra overrides after the model;
 ``reference`` runs openai/weak-to-strong's own ``train_model`` and ``eval_model_acc`` from a
@@ -248,6 +250,41 @@ def suite(args) -> None:
     print(table(runs))
 
 
+# The sweep `launchers` times: 2 seeds x 2 losses of the offline default at a quarter of its size.
+LAUNCHER_SWEEP = ["experiment=quickstart", "task.n_val=50", "task.n_test=400", "seed=0,1", "loss=xent,aux_conf",
+                  "logger.mode=disabled"]
+LAUNCHERS = {
+    "basic (one job at a time)": [],
+    "local_parallel (2 jobs, 1 thread each)": ["hydra/launcher=local_parallel"],
+    "local_parallel, threads=cores (torch's default)": ["hydra/launcher=local_parallel", f"threads={os.cpu_count()}"],
+}
+
+
+def launchers(args) -> None:
+    """Wall time of one small offline sweep under each launcher, each in a fresh stage cache
+    (the zoo's models are shared), one after another; then a markdown table."""
+    rows = []
+    for name, extra in LAUNCHERS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, str(ROOT / "run.py"), "-m", *LAUNCHER_SWEEP, f"task.n_train={2 * args.rows}",
+                       f"paths.stage_dir={tmp}/stages", f"hydra.sweep.dir={tmp}/sweep", *extra, *args.overrides]
+            print(f"--- {name}: {' '.join(command[2:])}", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if done.returncode:
+                print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+                continue
+            jobs = len(list(Path(tmp, "sweep").glob("*/results.json")))
+            rows.append((name, jobs, seconds))
+            print(f"{name}: {jobs} jobs in {seconds:.0f} s", file=sys.stderr, flush=True)
+    base = rows[0][2] if rows and rows[0][0].startswith("basic") else None
+    print(f"| launcher | jobs | wall time | vs basic |\n|---|---|---|---|")
+    for name, jobs, seconds in rows:
+        print(f"| {name} | {jobs} | {seconds / 60:.1f} min ({seconds:.0f} s) | {f'{seconds / base:.2f}x' if base else ''} |")
+    print(f"{os.cpu_count()} cores; each sweep: {' '.join(LAUNCHER_SWEEP)} task.n_train={2 * args.rows}")
+
+
 def check_checkout(folder: str) -> None:
     if not (Path(folder) / "weak_to_strong" / "train.py").is_file():
         print(f"error: --checkout {folder} is not a checkout of openai/weak-to-strong (no weak_to_strong/train.py "
@@ -283,6 +320,9 @@ def main() -> None:
     gpt2.add_argument("--size", choices=GPT2_SIZES, default="small", help="small (124M), medium (355M), ...")
     gpt2.add_argument("--tokenizer", help="a tokenizer folder (default: SmolLM2's byte-level BPE from the zoo)")
     gpt2.set_defaults(run=make_gpt2)
+    timing = commands.add_parser("launchers", help="wall time of a small offline sweep under each launcher")
+    timing.add_argument("--rows", type=int, default=250, help="rows in each training half (default 250)")
+    timing.set_defaults(run=launchers)
     for name, run in (("project", project), ("reference", reference), ("suite", suite)):
         command = commands.add_parser(name)
         command.add_argument("model", help="a zoo model name (conf/model) or a local Hugging Face folder")

@@ -229,6 +229,7 @@ def ranks(cfg: DictConfig) -> Iterator[None]:
     torn down after, so the next job of a sweep in this process starts clean."""
     n_threads = threads(cfg)
     torch.set_num_threads(n_threads)
+    log.info("torch threads: %d in this process (%d cores on this machine)", n_threads, os.cpu_count() or 1)
     if world_size(cfg) == 1:
         try:
             yield
