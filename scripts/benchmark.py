@@ -146,13 +146,14 @@ def make_gpt2(args) -> None:
 
 def project(args) -> dict:
     """One stage through the project's own stage code, in a fresh cache."""
-    from w2s_lightning import tasks, zoo
+    from w2s_lightning import pipeline, tasks, zoo
     from w2s_lightning.methods import LABELLER, Rows, StageRequest
     from w2s_lightning.results import WEAK
     from w2s_lightning.runner import StageRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(args.model, args.rows, args.task, args.overrides, Path(tmp))
+        pipeline.check_config(cfg)  # what run.py refuses (a GPU trainer without a GPU, ...), refused here too
         splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
         request = StageRequest(WEAK, cfg.weak, rows=Rows("train_a"), loss=cfg.ground_truth_loss,
                                predicts=tuple(n for n in LABELLER if len(splits[n])))
@@ -250,23 +251,28 @@ def suite(args) -> None:
     print(table(runs))
 
 
-# The sweep `launchers` times: 2 seeds x 2 losses of the offline default at a quarter of its size.
-LAUNCHER_SWEEP = ["experiment=quickstart", "task.n_val=50", "task.n_test=400", "seed=0,1", "loss=xent,aux_conf",
-                  "logger.mode=disabled"]
+# The sweep `launchers` times: 2 losses x 2 seeds of the offline default, smaller (--rows a half).
+# Hydra runs the product in this order, so two parallel jobs first train two seeds' stages side by
+# side, then the aux_conf transfers, which reuse them (--order seed-first pairs jobs that need the
+# same ground-truth stages: one waits on the other's lock).
+LAUNCHER_SWEEP = ["experiment=quickstart", "task.n_val=50", "loss=xent,aux_conf", "seed=0,1", "logger.mode=disabled"]
 LAUNCHERS = {
-    "basic (one job at a time)": [],
-    "local_parallel (2 jobs, 1 thread each)": ["hydra/launcher=local_parallel"],
-    "local_parallel, threads=cores (torch's default)": ["hydra/launcher=local_parallel", f"threads={os.cpu_count()}"],
+    "basic": ("basic (one job at a time)", []),
+    "local_parallel": ("local_parallel (2 jobs, 1 thread each)", ["hydra/launcher=local_parallel"]),
+    "oversubscribed": ("local_parallel, threads=cores (torch's default)",
+                       ["hydra/launcher=local_parallel", f"threads={os.cpu_count()}"]),
 }
 
 
 def launchers(args) -> None:
     """Wall time of one small offline sweep under each launcher, each in a fresh stage cache
     (the zoo's models are shared), one after another; then a markdown table."""
-    rows = []
-    for name, extra in LAUNCHERS.items():
+    rows, sizes = [], [f"task.n_train={2 * args.rows}", f"task.n_test={8 * args.rows // 5}"]
+    sweep = LAUNCHER_SWEEP if args.order == "loss-first" else [a for a in LAUNCHER_SWEEP if not a.startswith("loss=")] \
+        + ["loss=xent,aux_conf"]
+    for name, extra in (LAUNCHERS[key] for key in args.launchers):
         with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, str(ROOT / "run.py"), "-m", *LAUNCHER_SWEEP, f"task.n_train={2 * args.rows}",
+            command = [sys.executable, str(ROOT / "run.py"), "-m", *sweep, *sizes,
                        f"paths.stage_dir={tmp}/stages", f"hydra.sweep.dir={tmp}/sweep", *extra, *args.overrides]
             print(f"--- {name}: {' '.join(command[2:])}", file=sys.stderr, flush=True)
             started = time.perf_counter()
@@ -279,10 +285,10 @@ def launchers(args) -> None:
             rows.append((name, jobs, seconds))
             print(f"{name}: {jobs} jobs in {seconds:.0f} s", file=sys.stderr, flush=True)
     base = rows[0][2] if rows and rows[0][0].startswith("basic") else None
-    print(f"| launcher | jobs | wall time | vs basic |\n|---|---|---|---|")
+    print("| launcher | jobs | wall time | vs basic |\n|---|---|---|---|")
     for name, jobs, seconds in rows:
         print(f"| {name} | {jobs} | {seconds / 60:.1f} min ({seconds:.0f} s) | {f'{seconds / base:.2f}x' if base else ''} |")
-    print(f"{os.cpu_count()} cores; each sweep: {' '.join(LAUNCHER_SWEEP)} task.n_train={2 * args.rows}")
+    print(f"{os.cpu_count()} cores; each sweep: {' '.join(sweep)} {' '.join(sizes)}")
 
 
 def check_checkout(folder: str) -> None:
@@ -322,6 +328,10 @@ def main() -> None:
     gpt2.set_defaults(run=make_gpt2)
     timing = commands.add_parser("launchers", help="wall time of a small offline sweep under each launcher")
     timing.add_argument("--rows", type=int, default=250, help="rows in each training half (default 250)")
+    timing.add_argument("--launchers", nargs="+", choices=LAUNCHERS, default=list(LAUNCHERS),
+                        help="which to time (default: all, in this order)")
+    timing.add_argument("--order", choices=["loss-first", "seed-first"], default="loss-first",
+                        help="the sweep's order: seed-first pairs jobs that share ground-truth stages")
     timing.set_defaults(run=launchers)
     for name, run in (("project", project), ("reference", reference), ("suite", suite)):
         command = commands.add_parser(name)
@@ -341,7 +351,13 @@ def main() -> None:
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in args.overrides)}")
     if args.command == "reference":
         check_checkout(args.checkout or "(none given)")
-    args.run(args)
+    from w2s_lightning.errors import W2SError
+
+    try:
+        args.run(args)
+    except W2SError as err:  # the same one-line errors as run.py
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

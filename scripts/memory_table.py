@@ -50,8 +50,8 @@ def activation_bytes(name: str, micro_batch: int, tokens: int, checkpointing: bo
 def table(gpu_gb: float, tokens: int) -> str:
     budget = HEADROOM * gpu_gb * 1e9
     lines = [
-        f"| model | params | micro-batch | full, states per GPU: 1 / 4 / 8 GPUs | activations (GiB): plain / "
-        f"checkpointed | full fits on: plain | full fits on: checkpointed | lora fits on: plain / checkpointed |",
+        "| model | params | micro-batch | full, states per GPU: 1 / 4 / 8 GPUs | activations (GiB): plain / "
+        "checkpointed | full fits on: plain | full fits on: checkpointed | lora fits on: plain / checkpointed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in ARCHITECTURE:

@@ -1,10 +1,14 @@
+import errno
+import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from w2s_lightning.cache import StageCache, build_once, content_key
+from w2s_lightning.errors import CacheError
 
 
 def test_build_once_builds_then_reuses(tmp_path):
@@ -29,27 +33,90 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.lock"]
 
 
-def _slow_build(root: str, log: str) -> None:
+def _slow_build(root: str, log: str, seconds: float = 1.0) -> None:
     def build(out: Path) -> None:
         with open(log, "a") as f:
-            f.write("built\n")
-        time.sleep(1.0)  # long enough for the other process to arrive and wait on the lock
+            f.write(f"built by {os.getpid()}\n")
+        time.sleep(seconds)  # long enough for the others to arrive and wait on the lock
         (out / "weights").write_text("w")
 
     build_once(Path(root) / "shared-key", build)
 
 
-def test_two_processes_asking_for_one_key_build_it_once(tmp_path):
+def test_four_processes_asking_for_one_key_build_it_once(tmp_path):
     log = tmp_path / "log.txt"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log))) for _ in range(2)]
+    procs = [ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log))) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert log.read_text() == "built\n"
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert len(log.read_text().splitlines()) == 1
     assert (tmp_path / "cache" / "shared-key" / "weights").read_text() == "w"
+
+
+def test_a_lock_holder_killed_mid_build_blocks_no_one(tmp_path):
+    log = tmp_path / "log.txt"
+    ctx = multiprocessing.get_context("spawn")
+    holder = ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log), 60.0))
+    holder.start()
+    while not log.exists():  # it holds the lock and is building
+        time.sleep(0.05)
+    waiter = ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log), 0.1))
+    waiter.start()
+    time.sleep(2)
+    holder.kill()  # SIGKILL: its lock goes with it
+    waiter.join(60)
+    assert waiter.exitcode == 0
+    assert len(log.read_text().splitlines()) == 2  # the waiter took over and built it
+    assert (tmp_path / "cache" / "shared-key" / "weights").read_text() == "w"
+    assert not list((tmp_path / "cache").glob(".tmp-*"))  # the killed build's folder was cleared
+
+
+def write_weights(out: Path) -> None:
+    (out / "predictions.safetensors").write_bytes(bytes(range(256)) * 4)
+    (out / "metrics.json").write_text("{}")
+
+
+@pytest.mark.parametrize("harm", ["flip a byte", "truncate", "delete"])
+def test_a_damaged_entry_is_moved_aside_with_a_warning_and_built_again(tmp_path, caplog, harm):
+    final = tmp_path / "gt-abc"
+    assert build_once(final, write_weights)
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert set(manifest) == {"predictions.safetensors", "metrics.json"} and manifest["metrics.json"]["size"] == 2
+    victim = final / "predictions.safetensors"
+    data = bytearray(victim.read_bytes())
+    if harm == "flip a byte":
+        data[100] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    elif harm == "truncate":
+        victim.write_bytes(bytes(data[:500]))
+    else:
+        victim.unlink()
+    assert build_once(final, write_weights) is True  # built again, not used
+    assert "is damaged" in caplog.text and "moved to" in caplog.text
+    assert (final / "predictions.safetensors").read_bytes() == bytes(range(256)) * 4
+    assert len(list(tmp_path.glob(".damaged-gt-abc-*"))) == 1
+    assert build_once(final, write_weights) is False  # now whole: reused
+
+
+def test_the_next_build_of_a_key_removes_what_killed_builds_left(tmp_path):
+    (tmp_path / ".tmp-gt-abc-x1y2").mkdir()
+    (tmp_path / ".tmp-gt-abc-x1y2" / "half").write_text("x")
+    (tmp_path / ".tmp-gt-other-z").mkdir()  # another key's: not this build's to clear
+    assert build_once(tmp_path / "gt-abc", write_weights)
+    assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == [".tmp-gt-other-z"]
+
+
+def test_a_full_disk_while_publishing_says_so_and_publishes_nothing(tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)  # the disk fills as the entry is sealed
+    with pytest.raises(CacheError, match="no space left on the device .* point paths.cache_dir"):
+        build_once(tmp_path / "gt-abc", write_weights)
+    assert [p.name for p in tmp_path.iterdir()] == ["gt-abc.lock"]
 
 
 def test_content_key_is_order_independent_and_sensitive():

@@ -84,7 +84,7 @@ def test_nan_loss_stops_with_advice_and_caches_nothing(make_cfg, tiny_overrides)
     with pytest.raises(TrainingError, match="Lower the learning rate"):
         pipeline.run(cfg)
     stage_dir = Path(cfg.paths.stage_dir)
-    assert not [p for p in stage_dir.iterdir() if not p.name.endswith(".lock")]
+    assert not [p for p in stage_dir.iterdir() if not p.name.endswith(".lock") and not p.name.startswith(".")]
 
 
 def test_batch_size_must_split_into_micro_batches(make_cfg, tiny_overrides):

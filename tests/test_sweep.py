@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF_DIR, read_wandb_run
-from w2s_lightning import parallel
+from w2s_lightning import parallel, report, tables
+from w2s_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZES = [
@@ -180,7 +182,8 @@ def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_c
         assert results[0]["stages"][role]["key"] == results[1]["stages"][role]["key"]
         assert results[0]["stages"][role]["acc"] == results[1]["stages"][role]["acc"]
     assert not any(r["stages"]["transfer"]["reused"] for r in results)
-    stage_dirs = [p.name for p in (tmp_path / "cache" / "stages").iterdir() if not p.name.endswith(".lock")]
+    stage_dirs = [p.name for p in (tmp_path / "cache" / "stages").iterdir() if not p.name.endswith(".lock")
+                  and not p.name.startswith(".")]  # .resume: in-progress checkpoints (none left)
     assert sorted(name.split("-")[0] for name in stage_dirs) == ["gt", "gt", "transfer", "transfer"]
 
 
@@ -256,3 +259,32 @@ def test_submitit_jobs_that_need_one_stage_train_it_once(tiny_ladder_conf, tmp_p
     assert counts["experiments"] == 2 and counts["ground_truth_stages_used"] == 2
     assert counts["ground_truth_stages_trained_here"] == 2 and counts["stages_trained_by_several_jobs"] == []
     assert counts["transfer_stages_trained_here"] == 2
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_cache_and_a_report_reading_one_as_it_runs(tiny_ladder_conf, tmp_path):
+    """Both sweeps need the same weak and ceiling stages; a report reads the first sweep over
+    and over while its jobs write their results. No error, no partial read, each stage built once."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "W2S_CACHE_DIR": str(cache), "WANDB_MODE": "disabled"}
+    sweeps = [tmp_path / "first", tmp_path / "second"]
+    running = [subprocess.Popen([sys.executable, "run.py", "-m", f"hydra.searchpath=[file://{tiny_ladder_conf}]",
+                                 f"hydra.sweep.dir={sweep}", *TINY_SIZES, "model@weak=tiny_a", "model@strong=tiny_b",
+                                 f"loss={losses}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+               for sweep, losses in zip(sweeps, ("xent,aux_conf", "aux_conf,xent"))]
+    reads = 0
+    while any(p.poll() is None for p in running):
+        try:
+            built = report.build(*report.read_folder(sweeps[0]), tmp_path / "report")
+            reads += 1
+            assert built["accounting"]["experiments"] >= 1
+        except ConfigError as err:  # before the first job has finished: nothing to report yet
+            assert "no results.json" in str(err) or "is not a folder" in str(err), err
+        time.sleep(0.2)
+    assert [p.wait() for p in running] == [0, 0], [p.stderr.read()[-2000:] for p in running]
+    assert reads >= 1
+    results = [r for sweep in sweeps for r in job_results(sweep)]
+    counts = tables.accounting(results, [])
+    assert counts["experiments"] == 4 and counts["ground_truth_stages_used"] == 2
+    assert counts["stages_trained_by_several_jobs"] == [] and counts["ground_truth_stages_trained_here"] == 2

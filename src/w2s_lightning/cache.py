@@ -1,27 +1,125 @@
 """Content-addressed artifacts: a folder per key, built once, atomically, under a lock.
 
-A folder becomes visible under its final name only once it is complete (built in a
-temporary sibling, then renamed), so a crash or a kill mid-build leaves at most a stray
-``.tmp-*`` folder that nothing reads. A file lock per key makes a second process that
-asks for the same key wait, then reuse what the first one built.
+A folder becomes visible under its final name only once it is complete: built in a temporary
+sibling, every file and the folder fsynced, then renamed. A crash or a kill mid-build leaves at
+most a ``.tmp-<name>-*`` folder that nothing reads, and the next build of that name, holding
+its lock, removes it. A file lock per key makes a second process that asks for the same key
+wait, then reuse what the first one built; a lock dies with its holder, so a killed builder
+blocks no one. Each folder's ``manifest.json`` records every file's size and sha256. Reading
+an entry checks the sizes, and the hashes of files up to ``HASHED_UP_TO`` bytes (predictions,
+metrics, specs; model weights of a generative stage or the zoo are checked by size). An
+entry that fails is moved aside with a warning and built again: it is never used.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
 
-from w2s_lightning import parallel
+from w2s_lightning import faults, parallel
+from w2s_lightning.errors import CacheError
 
 log = logging.getLogger(__name__)
+
+
+MANIFEST = "manifest.json"
+HASHED_UP_TO = 64 * 2**20
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def seal(folder: Path) -> None:
+    """Write ``folder``'s manifest, then fsync every file and the folders: after the rename
+    that publishes it, a power cut cannot leave a published entry with missing bytes."""
+    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size,
+                                             **({"sha256": sha256(p)} if p.stat().st_size <= HASHED_UP_TO else {})}
+                for p in files_of(folder)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    for path in [*files_of(folder), folder / MANIFEST]:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    for sub in sorted({p.parent for p in files_of(folder)} | {folder}, key=lambda d: -len(d.parts)):
+        fsync_folder(sub)
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a published entry, or None when its files match its manifest. An
+    entry from before manifests existed has none, and is trusted as it is."""
+    manifest_file = folder / MANIFEST
+    if not manifest_file.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError) as err:
+        return f"its manifest is unreadable ({err})"
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['size']} were written"
+        if "sha256" in expected and sha256(path) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def usable(final: Path) -> bool:
+    """Whether ``final`` exists and is whole. A damaged entry is moved aside (kept, for a look)
+    with a warning, so that it is built again; called under the entry's lock."""
+    if not final.exists():
+        return False
+    problem = damage(final)
+    if problem is None:
+        return True
+    aside = final.with_name(f".damaged-{final.name}-{int(time.time())}")
+    os.rename(final, aside)
+    log.warning("cache entry %s is damaged (%s): moved to %s and built again", final, problem, aside)
+    return False
+
+
+def remove_stale_builds(final: Path) -> None:
+    """Temporary folders of ``final`` left by builds that were killed: none can be running, since
+    this process holds the lock."""
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` so that a reader sees the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def build_once(final: Path, build: Callable[[Path], None], by_ranks: bool = False) -> bool:
@@ -35,13 +133,23 @@ def build_once(final: Path, build: Callable[[Path], None], by_ranks: bool = Fals
         return follow(final, build)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{final}.lock"):
-        exists = final.exists()
+        exists = usable(final)
         if parallel.leaders_answer(exists) if by_ranks else exists:
             return False
+        remove_stale_builds(final)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
         try:
             build(tmp)
+            seal(tmp)
+            faults.reached("publish")
             os.rename(tmp, final)
+            fsync_folder(final.parent)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheError(f"no space left on the device of {final.parent} while writing {final.name} "
+                                 f"({err}); nothing was published. Free space there, or point paths.cache_dir "
+                                 "(W2S_CACHE_DIR) at a larger disk, and rerun: finished stages are kept.") from err
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if by_ranks:
@@ -79,6 +187,10 @@ class StageCache:
 
     def path(self, kind: str, spec: dict) -> Path:
         return self.root / f"{kind}-{content_key(spec)}"
+
+    def resume_folder(self, kind: str, spec: dict) -> Path:
+        """Where a build of this entry keeps its in-progress checkpoints (``resume.py``)."""
+        return self.root / ".resume" / self.path(kind, spec).name
 
     def get_or_build(self, kind: str, spec: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
         """The folder for ``spec`` and whether it was reused rather than built now."""

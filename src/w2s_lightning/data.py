@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from w2s_lightning import faults
+
 
 class ShuffledBuckets(Sampler[list[int]]):
     """Micro-batches of rows of similar length, in a random order: little padding, and the
@@ -58,7 +60,35 @@ def share_of(batches: Sampler[list[int]], rank: int, world: int) -> Sampler[list
     return batches if world == 1 else RankShare(batches, rank, world)
 
 
+class ResumableLoader(DataLoader):
+    """The training loader, able to start an epoch part-way (``resume.py``). ``order`` is the
+    generator that draws every epoch's order; ``epoch_start`` its state when this epoch began.
+    ``resume`` makes the next epoch draw the interrupted one's order and skip the micro-batches
+    already trained on (or, if that epoch had ended, start the one after it)."""
+
+    def __init__(self, *args, order: torch.Generator, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.order = order
+        self.epoch_start: torch.Tensor | None = None
+        self.skip = 0
+
+    def resume(self, epoch_start: torch.Tensor, batches_done: int) -> None:
+        self.order.set_state(epoch_start)
+        self.skip = batches_done
+        if batches_done >= len(self):  # that epoch was over: its draws happen, its batches are not needed
+            next(super().__iter__())
+            self.skip = 0
+
+    def __iter__(self):
+        self.epoch_start = self.order.get_state()
+        skip, self.skip = self.skip, 0
+        for index, batch in enumerate(super().__iter__()):
+            if index >= skip:
+                yield batch
+
+
 def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
+    faults.reached("tokenise")
     return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
 
@@ -115,6 +145,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.targets = targets or {}
         self.prepared: dict[str, datasets.Dataset] = {}
+        self.resume_order: dict | None = None  # set from a resumed checkpoint (resume.ResumePoint)
 
     def split_targets(self, name: str) -> np.ndarray:
         rows = self.splits[name]
@@ -195,11 +226,15 @@ class TaskDataModule(pl.LightningDataModule):
         rows = self.prepared[self.train_split]
         if self.length_buckets:
             batches = ShuffledBuckets(self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator)
-            return DataLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate)
-        # DataLoader(shuffle=True, generator=generator), spelt out so that ranks can share it.
-        batches = BatchSampler(RandomSampler(rows, generator=generator), self.minibatch_size, drop_last=False)
-        return DataLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate,
-                          generator=generator)
+            loader = ResumableLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate,
+                                     order=generator)
+        else:  # DataLoader(shuffle=True, generator=generator), spelt out so that ranks can share it
+            batches = BatchSampler(RandomSampler(rows, generator=generator), self.minibatch_size, drop_last=False)
+            loader = ResumableLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate,
+                                     generator=generator, order=generator)
+        if self.resume_order:
+            loader.resume(self.resume_order["epoch_start"], self.resume_order["batches_done"])
+        return loader
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader("val")] if len(self.splits["val"]) else []

@@ -19,3 +19,7 @@ class ModelError(W2SError, ValueError):
 
 class TrainingError(W2SError, RuntimeError):
     """Training diverged (NaN or infinite loss)."""
+
+
+class CacheError(W2SError, OSError):
+    """The stage cache or the zoo cannot be written (a full disk, a read-only folder)."""

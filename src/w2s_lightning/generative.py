@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollato
 
 from w2s_lightning.data import share_of, tokenize
 from w2s_lightning.errors import TrainingError
-from w2s_lightning.models import load_pretrained, load_tokenizer
+from w2s_lightning.models import load_pretrained, load_tokenizer, usable_length
 from w2s_lightning.module import adamw_schedule
 
 # Texts the language model reads: the training pool only, never val or test.
@@ -59,7 +59,7 @@ def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: data
     model = load_pretrained(LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed,
                             dropout=cfg.train.dropout)
     texts = datasets.concatenate_datasets([splits[name] for name in UNLABELED_SPLITS]).select_columns(["text"])
-    tokenized = tokenize(texts, tokenizer, model_cfg.max_length).with_format("python")
+    tokenized = tokenize(texts, tokenizer, usable_length(model_cfg, tokenizer, cfg.paths.zoo_dir)).with_format("python")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=model_cfg.objective == "masked_lm",
                                                mlm_probability=options["mlm_probability"])
     generator = torch.Generator().manual_seed(cfg.seed)

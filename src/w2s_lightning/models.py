@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
@@ -10,6 +12,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 
 from w2s_lightning import zoo
 from w2s_lightning.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 
 def pool_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,8 +155,33 @@ def load_tokenizer(model_cfg: DictConfig, zoo_dir: str) -> PreTrainedTokenizerBa
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; the mask marks padding
+        if tokenizer.eos_token is None:
+            raise ModelError(f"model '{model_cfg.name}': the tokenizer in {source} has neither a pad nor an eos token, "
+                             "so batches cannot be padded. Add one and save it there (tokenizer.add_special_tokens("
+                             "{'pad_token': '<pad>'}); tokenizer.save_pretrained(folder)), or use another tokenizer.")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     # Questions and answers sit at the end of the formatted text: cut long texts on the left.
     tokenizer.truncation_side = "left"
     return tokenizer
+
+
+# Tokenizers without a known limit report this sentinel (or larger) as model_max_length.
+NO_LIMIT = 10**6
+
+
+def usable_length(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, zoo_dir: str) -> int:
+    """``model_cfg.max_length``, or the model's own limit where that is lower: its position
+    table (``max_position_embeddings``, GPT-2's ``n_positions``) and its tokenizer's
+    ``model_max_length``. A longer text would index past the position table mid-training."""
+    config = AutoConfig.from_pretrained(zoo.resolve(model_cfg.path, zoo_dir),
+                                        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    limits = [getattr(config, name, None) for name in ("max_position_embeddings", "n_positions")]
+    limits.append(tokenizer.model_max_length if tokenizer.model_max_length < NO_LIMIT else None)
+    limit = min((n for n in limits if n), default=model_cfg.max_length)
+    if model_cfg.max_length > limit:
+        log.warning("model '%s': max_length=%d is more than its %d positions; texts are cut to %d tokens "
+                    "(set %s.max_length=%d to say so)", model_cfg.name, model_cfg.max_length, limit, limit,
+                    model_cfg.name, limit)
+        return limit
+    return model_cfg.max_length

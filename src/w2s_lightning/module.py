@@ -10,6 +10,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import get_scheduler
 
+from w2s_lightning import faults
 from w2s_lightning.errors import ConfigError, TrainingError
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -45,6 +46,7 @@ class W2SModule(pl.LightningModule):
         return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label", "real")})
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        faults.reached("train_step")
         logits = self(batch)
         step_frac = self.global_step / max(1, self.trainer.estimated_stepping_batches)
         loss = self.loss(logits, batch["target"], step_frac)
@@ -69,6 +71,7 @@ class W2SModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Soft labels: P(label = 1) per example."""
+        faults.reached("predict_batch")
         return self(batch).softmax(dim=-1)[:, 1]
 
     def configure_optimizers(self):

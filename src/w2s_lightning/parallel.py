@@ -121,8 +121,8 @@ def _device() -> torch.device:
 
 
 def leaders_answer(answer: bool) -> bool:
-    """Rank 0's ``answer`` on every rank once the ranks are connected; before that (the other
-    ranks start in the first stage that trains) each rank's own."""
+    """Rank 0's ``answer`` on every rank when the ranks are connected (``ranks``); a single
+    process's own answer otherwise."""
     if not connected():
         return answer
     flag = torch.tensor([int(answer)], device=_device())

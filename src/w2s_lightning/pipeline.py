@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning import config, methods, parallel, tasks, tracking, zoo
-from w2s_lightning.errors import ConfigError
+from w2s_lightning.cache import write_atomically
+from w2s_lightning.errors import CacheError, ConfigError
 from w2s_lightning.models import check_pooling
+from w2s_lightning.redact import redacted
 from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
 from w2s_lightning.runner import StageRunner, accumulation
 
@@ -58,6 +61,18 @@ def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
         )
 
 
+def check_writable(key: str, folder: Path) -> None:
+    """Create ``folder`` and write a file there, or say which setting to change: a run that
+    cannot write its cache or results would fail after training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CacheError(f"{key}={folder} cannot be written ({type(err).__name__}: {err.strerror or err}); point "
+                         f"{key} (or W2S_CACHE_DIR / W2S_LOG_DIR) at a folder you can write.") from err
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config that would fail or mislead halfway through, before any training. (Types
     and required keys of models are checked by their schema, ``config.ModelConfig``.)"""
@@ -74,6 +89,10 @@ def check_config(cfg: DictConfig) -> None:
         model_cfg = request.model
         accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
+        lr = cfg.finetune.lr or model_cfg.lr
+        if request.kind == "classifier" and lr <= 0:
+            raise ConfigError(f"model '{model_cfg.name}': learning rate {lr:g} (finetune.lr, else {model_cfg.name}.lr) "
+                              "must be positive; the paper's are 5e-5 (GPT-2) and 1e-5 (Qwen).")
         if model_cfg.dtype not in (None, "float32") and trains_every_weight(cfg, request):
             # AdamW steps of lr 1e-5 are below bf16's resolution for most weights (and every
             # LayerNorm near 1.0): pure half-precision training leaves them where they were.
@@ -83,6 +102,11 @@ def check_config(cfg: DictConfig) -> None:
                 "(float32 weights, with trainer.precision=bf16-mixed for speed), or use finetune=lora or "
                 "finetune=probe, whose frozen backbone may stay in half precision."
             )
+    if (cfg.finetune.epochs or cfg.train.epochs) < 1:
+        raise ConfigError(f"train.epochs={cfg.finetune.epochs or cfg.train.epochs} (finetune.epochs, else train.epochs) "
+                          "trains nothing; use 1 or more (the paper: 2).")
+    if cfg.train.head_lr is not None and cfg.train.head_lr <= 0:
+        raise ConfigError(f"train.head_lr={cfg.train.head_lr} must be positive, or null for the model's lr.")
     if cfg.chain.rungs and BOOTSTRAP not in {r.role for r in requests}:
         raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method={cfg.method.name} trains none; "
                           "add method=bootstrap (or, for method=generative, method.then=w2s_lightning.methods.bootstrap), "
@@ -114,7 +138,7 @@ def skip(cfg: DictConfig, output_dir: Path, reason: str) -> dict:
     log.warning("skipping %s -> %s: %s", cfg.weak.name, cfg.strong.name, reason)
     skipped = {"task": cfg.task.name, "weak_model": cfg.weak.name, "strong_model": cfg.strong.name,
                "loss": cfg.loss.name, "seed": cfg.seed, "skipped": reason}
-    (output_dir / "skipped.json").write_text(json.dumps(skipped, indent=2))
+    write_atomically(output_dir / "skipped.json", json.dumps(skipped, indent=2))
     return skipped
 
 
@@ -123,7 +147,9 @@ def run(cfg: DictConfig) -> dict:
     for a pair a ladder sweep skips, the reason)."""
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    for key, folder in (("paths.output_dir", output_dir), ("paths.stage_dir", Path(cfg.paths.stage_dir)),
+                        ("paths.zoo_dir", Path(cfg.paths.zoo_dir))):
+        check_writable(key, folder)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
 
     check_config(cfg)
@@ -145,7 +171,7 @@ def run(cfg: DictConfig) -> dict:
     results = Results(
         task=cfg.task.name, weak_model=cfg.weak.name, strong_model=cfg.strong.name, loss=cfg.loss.name,
         method=cfg.method.name, seed=cfg.seed, n_test=len(splits["test"]), stages=stages,
-        config=OmegaConf.to_container(cfg, resolve=True), class_balance=tasks.class_balance(splits),
+        config=redacted(OmegaConf.to_container(cfg, resolve=True)), class_balance=tasks.class_balance(splits),
         wall_seconds=time.time() - started,
     )
     path = output_dir / "results.json"

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from w2s_lightning.cache import write_atomically
 from w2s_lightning.metrics import gap_noise, pgr, pgr_status
 
 # Roles: what a stage is for in its experiment (``rungN`` for the Nth bootstrapping rung).
@@ -127,7 +128,8 @@ class Results:
                    class_balance=record.get("class_balance", {}), wall_seconds=record.get("wall_seconds", math.nan))
 
     def write(self, path: os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        # Whole or not at all: a report may read the sweep while this job writes.
+        write_atomically(Path(path), json.dumps(self.to_dict(), indent=2, default=str))
 
     def wandb_summary(self) -> dict:
         """The summary run's numbers: per stage ``<role>/<metric>``, and PGR with its status."""

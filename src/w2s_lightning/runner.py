@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
@@ -29,9 +31,10 @@ from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.methods import LABELLER, StageRequest, import_function
 from w2s_lightning.metrics import agreement, evaluate
-from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer
+from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
 from w2s_lightning.module import W2SModule
 from w2s_lightning.results import FEATURES, StageResult
+from w2s_lightning.resume import ResumePoint
 from w2s_lightning.speed import Throughput
 
 log = logging.getLogger(__name__)
@@ -95,8 +98,11 @@ class StageRunner:
             if request.kind == "features" else self.data_key
         spec = stage_key.spec(self.cfg, data_key, request, keys)
         builder = getattr(self, f"_{request.kind}")
-        folder, reused = self.cache.get_or_build(stage_key.kind_of(request), spec,
-                                                 lambda out: builder(out, request, supervisor, init, features))
+        kind = stage_key.kind_of(request)
+        progress = self.cache.resume_folder(kind, spec)
+        folder, reused = self.cache.get_or_build(kind, spec,
+                                                 lambda out: builder(out, request, supervisor, init, features, progress))
+        shutil.rmtree(progress, ignore_errors=True)  # published: its in-progress checkpoints served their purpose
         model = request.model.name if request.model is not None else f"{supervisor.model} relabelled"
         if reused:
             log.info("%s: reusing %s (%s) from the cache, not retraining: %s", request.role, model, request.kind, folder)
@@ -121,7 +127,7 @@ class StageRunner:
         with tracking.finished_when_done(logger):
             generative.finetune(self.cfg, model_cfg, request.options, self.splits, trainer, out)
 
-    def _features(self, out: Path, request: StageRequest, supervisor, init: StageResult | None, _) -> None:
+    def _features(self, out: Path, request: StageRequest, supervisor, init: StageResult | None, *_) -> None:
         log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
         classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
         datamodule = self.datamodule(request, {}, None)
@@ -137,8 +143,9 @@ class StageRunner:
         (out / "metrics.json").write_text(json.dumps(evaluate(relabelled["test"], test_labels), indent=2))
 
     def _classifier(self, out: Path, request: StageRequest, supervisor: StageResult | None,
-                    init: StageResult | None, features: dict[str, StageResult] | None) -> None:
-        """Fit on the request's rows, select the checkpoint ``select`` asks for (students only),
+                    init: StageResult | None, features: dict[str, StageResult] | None, progress: Path) -> None:
+        """Fit on the request's rows (from the in-progress checkpoint in ``progress`` when a
+        killed build left one), select the checkpoint ``select`` asks for (students only),
         predict, and write the predictions and metrics into ``out``."""
         started, cfg, model_cfg, rows = time.time(), self.cfg, request.model, request.rows
         log.info("%s: training %s on %s", request.role, model_cfg.name,
@@ -160,14 +167,20 @@ class StageRunner:
             warmup_frac=cfg.train.warmup_frac, adamw=cfg.train.adamw, role=request.role,
         )
         logger = tracking.stage_logger(cfg, request.role, model_cfg.name)
+        resume = ResumePoint(progress, cfg.train.checkpoint_every)
         trainer = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger,
-                               student=supervisor is not None)
+                               student=supervisor is not None, resume=resume)
         with tracking.finished_when_done(logger):
-            trainer.fit(module, datamodule=datamodule)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume.start_from(), weights_only=True)
+            except SIGTERMException:  # its progress is saved (ResumePoint): exit as a terminated process does
+                raise SystemExit(128 + signal.SIGTERM) from None
             train_seconds = time.time() - started
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+            selection = next((c for c in trainer.checkpoint_callbacks if c is not resume.periodic), None)
+            best = selection.best_model_path if selection else None
             predictions = self.save(out, trainer, datamodule, request.predicts,
-                                    trainer.predict(module, datamodule=datamodule, ckpt_path=best or None))
+                                    trainer.predict(module, datamodule=datamodule, ckpt_path=best or None,
+                                                    weights_only=True))
             truth = {name: torch.tensor(self.splits[name]["label"]) for name in request.predicts}
             metrics = evaluate(predictions["test"], truth["test"])
             # Calibration where a researcher may look without touching test: on val, and, for a
@@ -185,7 +198,6 @@ class StageRunner:
             )
             if logger:
                 logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the selected weights served their purpose
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     # ------------------------------------------------------------ parts
@@ -204,7 +216,8 @@ class StageRunner:
         key = (model_cfg.path, model_cfg.max_length, model_cfg.trust_remote_code)
         if key not in self.tokenizations:
             tokenizer = load_tokenizer(model_cfg, self.cfg.paths.zoo_dir)
-            self.tokenizations[key] = tokenizer, tokenize(self.splits, tokenizer, model_cfg.max_length)
+            length = usable_length(model_cfg, tokenizer, self.cfg.paths.zoo_dir)
+            self.tokenizations[key] = tokenizer, tokenize(self.splits, tokenizer, length)
         return self.tokenizations[key]
 
     def cut(self, request: StageRequest, values: torch.Tensor) -> torch.Tensor:
@@ -223,16 +236,18 @@ class StageRunner:
         return {request.rows.name: self.cut(request, supervisor.predictions[request.rows.split]),
                 "val": supervisor.predictions.get("val", torch.empty(0))}
 
-    def trainer(self, model_cfg: DictConfig, epochs: int, out: Path, logger, student: bool = False) -> pl.Trainer:
+    def trainer(self, model_cfg: DictConfig, epochs: int, out: Path, logger, student: bool = False,
+                resume: ResumePoint | None = None) -> pl.Trainer:
         """A Trainer from ``conf/trainer``. A student also gets the callbacks of its selection
-        rule (``conf/select``): a ``ModelCheckpoint`` that keeps its best weights under
-        ``out/checkpoints``, perhaps ``EarlyStopping``. Lightning's own checkpointing is on
-        exactly when such a callback is there."""
+        rule (``conf/select``): a ``ModelCheckpoint`` that keeps its best weights, perhaps
+        ``EarlyStopping``. A stage that can resume gets ``resume``'s callbacks, and its
+        selection checkpoints live beside its in-progress one (they must outlive a kill).
+        Lightning's own checkpointing is on exactly when a ``ModelCheckpoint`` is there."""
         callbacks = [hydra.utils.instantiate(c) for c in self.cfg.select.callbacks.values() if c] if student else []
-        callbacks.append(Throughput())
         for callback in callbacks:
             if isinstance(callback, ModelCheckpoint):
-                callback.dirpath = str(out / "checkpoints")
+                callback.dirpath = str(resume.folder / "selection" if resume else out / "checkpoints")
+        callbacks += [Throughput(), *(resume.callbacks() if resume else [])]
         return hydra.utils.instantiate(
             self.cfg.trainer, max_epochs=epochs, accumulate_grad_batches=accumulation(self.cfg, model_cfg),
             logger=logger, default_root_dir=self.cfg.paths.output_dir, callbacks=callbacks,

@@ -25,6 +25,8 @@ GROUND_TRUTH = "ground_truth"
 # Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
+# Training settings that change how a stage runs, not what it ends with.
+RUN_ONLY_TRAIN_KEYS = ("checkpoint_every",)
 # Trainer settings conf/trainer gained after stages were cached, at the value Lightning takes
 # without them: left out of the key there, so those stages keep their keys.
 LIGHTNING_DEFAULTS = {"strategy": "auto", "num_nodes": 1}
@@ -71,7 +73,8 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
     if request.kind == "generative":
         return {**common, "generative": dict(request.options), "batch_size": cfg.train.batch_size}
     return {
-        **common, "train": plain(cfg.train), "finetune": plain(cfg.finetune), "loss": plain(request.loss),
+        **common, "train": {k: v for k, v in plain(cfg.train).items() if k not in RUN_ONLY_TRAIN_KEYS},
+        "finetune": plain(cfg.finetune), "loss": plain(request.loss),
         # Model selection is a student's method: a stage on ground truth always keeps its last
         # weights, so PGRs of every selection rule share their end points.
         "select": plain(cfg.select) if request.supervisor else None,

@@ -12,6 +12,7 @@ B (labelled by the weak model for the transfer). The test split is picked with t
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -42,7 +43,31 @@ def _read_file(path: Path) -> datasets.Dataset:
     fmt = LOCAL_FORMATS.get(path.suffix.lstrip("."))
     if fmt is None:
         raise DataError(f"{path}: unsupported file type; use one of {sorted(LOCAL_FORMATS)}.")
-    return datasets.load_dataset(fmt, data_files=str(path), split="train")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes): write its rows there, one example per line or row.")
+    try:
+        rows = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as err:  # noqa: BLE001 - say where the file is broken, not where the reader gave up
+        raise DataError(f"{path} cannot be read as {fmt}: {_first_bad_line(path) or err}") from err
+    if len(rows) == 0:
+        raise DataError(f"{path} holds no rows (only a header?): write its examples there.")
+    return rows
+
+
+def _first_bad_line(path: Path) -> str | None:
+    """For a jsonl file: the first line that is not a JSON object, by number."""
+    if path.suffix != ".jsonl":
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return f"line {number} is not a JSON object ({line.strip()[:60]!r}); fix or remove it."
+            except ValueError as err:
+                return f"line {number} is not valid JSON ({err}: {line.strip()[:60]!r}); fix or remove it."
+    return None
 
 
 def _load_hub(task: DictConfig, split: str, looked_in: str) -> datasets.Dataset:
@@ -124,6 +149,10 @@ def check_task(task: DictConfig) -> None:
         raise ConfigError(f"task.formatter={task.formatter!r} is unknown; choose one of {sorted(FORMATTERS)}.")
     if task.n_train < 2:
         raise ConfigError(f"task.n_train={task.n_train}: need at least 2 rows to cut halves A and B.")
+    if task.n_test < 1:
+        raise ConfigError(f"task.n_test={task.n_test}: PGR is measured on the test split; give it at least 1 row.")
+    if task.n_val < 0:
+        raise ConfigError(f"task.n_val={task.n_val} is negative; use 0 (no validation split) or more.")
 
 
 def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.DatasetDict:

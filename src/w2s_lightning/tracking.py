@@ -15,6 +15,8 @@ from typing import Any, Iterator
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from w2s_lightning.redact import redacted
+
 
 def resolve_mode(mode: str) -> str:
     if mode != "auto":
@@ -43,7 +45,7 @@ def _run_kwargs(cfg: DictConfig, job_type: str, name: str) -> dict[str, Any]:
         tags=list(cfg.logger.tags),
         mode=resolve_mode(cfg.logger.mode),
         dir=cfg.logger.dir,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=redacted(OmegaConf.to_container(cfg, resolve=True)),  # no API keys or tokens in W&B
         reinit="finish_previous",
     )
 
