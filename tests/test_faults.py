@@ -44,9 +44,9 @@ def test_a_run_killed_at_any_point_reruns_to_the_uninterrupted_results(tiny_over
                                                                        failpoint):
     env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
            "WANDB_MODE": "disabled"}
-    command = [sys.executable, "run.py", f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides, "logger.mode=disabled"]
-    killed = subprocess.run(command, cwd=ROOT, env={**env, KILL_AT: failpoint}, capture_output=True, text=True,
-                            timeout=600)
+    command = [sys.executable, "run.py", *tiny_overrides, "logger.mode=disabled"]
+    killed = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT, env={**env, KILL_AT: failpoint},
+                            capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     stage_dir = tmp_path / "cache" / "stages"
     published = {p.name for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")} \
@@ -56,7 +56,8 @@ def test_a_run_killed_at_any_point_reruns_to_the_uninterrupted_results(tiny_over
     if failpoint.startswith(("train_step", "predict_batch", "publish")):
         assert published  # the weak stage (and for publish:3 the ceiling too) had finished
 
-    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     reused = {Path(s["path"]).name for s in results["stages"].values() if s["reused"]}

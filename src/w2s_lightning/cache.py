@@ -133,10 +133,10 @@ def build_once(final: Path, build: Callable[[Path], None], by_ranks: bool = Fals
         return follow(final, build)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{final}.lock"):
+        remove_stale_builds(final)  # before the other ranks hear the answer and make their scratch folders
         exists = usable(final)
         if parallel.leaders_answer(exists) if by_ranks else exists:
             return False
-        remove_stale_builds(final)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
         try:
             build(tmp)
