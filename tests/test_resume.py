@@ -66,10 +66,12 @@ def test_a_stage_stopped_mid_training_resumes_and_ends_as_an_uninterrupted_one(m
     assert not progress.exists() or not list(progress.iterdir())  # removed once the stages are published
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["stages"]["weak"]["selected_step"] == uninterrupted["stages"]["weak"]["selected_step"] == 126
+    worst = 0.0
     for role, splits in stage_predictions(uninterrupted).items():
         for split, values in splits.items():
-            difference = (stage_predictions(results)[role][split] - values).abs().max().item()
-            assert difference <= TOLERANCE, (role, split, difference)
+            worst = max(worst, (stage_predictions(results)[role][split] - values).abs().max().item())
+    print(f"{signal_name}: stopped at step {stopped_at} of 126; largest difference in P(label=1): {worst:.2e}")
+    assert worst <= TOLERANCE
     assert results["stages"]["transfer"]["acc"] == pytest.approx(uninterrupted["stages"]["transfer"]["acc"], abs=1e-9)
 
 
