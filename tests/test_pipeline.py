@@ -87,11 +87,6 @@ def test_nan_loss_stops_with_advice_and_caches_nothing(make_cfg, tiny_overrides)
     assert not [p for p in stage_dir.iterdir() if not p.name.endswith(".lock") and not p.name.startswith(".")]
 
 
-def test_batch_size_must_split_into_micro_batches(make_cfg, tiny_overrides):
-    with pytest.raises(ConfigError, match="train.batch_size=24 is not a multiple"):
-        pipeline.run(make_cfg(*tiny_overrides, "train.batch_size=24", "weak.minibatch_size=16"))
-
-
 @pytest.mark.parametrize("overrides, refusal", [
     (["trainer.devices=2"], "trainer.strategy=auto: set trainer.strategy=ddp"),
     (["trainer.devices=2", "trainer.strategy=ddp_spawn"], "Spawned or forked ranks cannot share the stage cache"),
