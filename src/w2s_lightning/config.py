@@ -1,11 +1,12 @@
-"""What conf/ needs from Python, registered on import: the model schema and the resolvers."""
+"""What conf/ needs from Python, registered on import: the model and task schemas and the
+resolvers."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -37,6 +38,41 @@ class ModelConfig:
 
 
 ConfigStore.instance().store(group="model", name="model_schema", node=ModelConfig)
+
+
+@dataclass
+class TaskConfig:
+    """What every ``conf/task/*.yaml`` holds (``defaults: [task_schema, _self_]``): where the
+    rows live, which formatter makes them binary, and the sizes. A task file sets only what
+    differs; sizes default to the paper's and are set by presets and ``budget``."""
+
+    name: str = MISSING
+    formatter: str = MISSING      # a name registered in formatters.py
+    about: Optional[str] = None   # what docs and the report say of the task (a substitute, a licence); not in stage keys
+    hub_path: Optional[str] = None
+    hub_name: Optional[str] = None          # the hub dataset's config
+    hub_data_dirs: List[str] = field(default_factory=list)  # subsets loaded and joined (hh-rlhf's helpful-base, ...)
+    # Split names of the local files <data_dir>/<name>/<split>.jsonl; the hub's where they differ.
+    splits: Dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
+    hub_splits: Dict[str, str] = field(default_factory=dict)
+    # Local files (<data_dir>-relative, without suffix) that together form one labelled pool,
+    # cut into train and test by split_seed; in place of `splits` when the data is local.
+    local_files: List[str] = field(default_factory=list)
+    columns: List[str] = field(default_factory=list)  # raw columns the formatter reads: checked before any stage
+    pairwise: bool = False        # rows are pairs (text, text_b) that a reward model scores one by one
+    balance: bool = False         # undersample the majority class (seeded), as the paper's binary tasks are balanced
+    n_train: int = 20000          # the pool cut into halves A and B (the paper's 20k)
+    n_val: int = 500              # carved from the pool before halving (ground truth, for monitoring)
+    n_test: int = 10000
+    split_seed: int = 0           # fixes the test set (and any cut of a single source) across experiment seeds
+    # formatter=template (task=custom) only: a local file and how its columns make a text and a label.
+    path: Optional[str] = None
+    test_path: Optional[str] = None
+    text_template: Optional[str] = None
+    label_column: Optional[str] = None
+
+
+ConfigStore.instance().store(group="task", name="task_schema", node=TaskConfig)
 
 
 def default_data_dir() -> str | None:

@@ -87,17 +87,28 @@ class ResumableLoader(DataLoader):
                 yield batch
 
 
+# A pairwise task's second text (reward modelling: the other dialogue of the pair), tokenised
+# beside the first under these names.
+PAIR_INPUTS = ("input_ids_b", "attention_mask_b")
+
+
 def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
     faults.reached("tokenise")
-    return tokenizer(batch["text"], truncation=True, max_length=max_length)
+    tokens = dict(tokenizer(batch["text"], truncation=True, max_length=max_length))
+    if "text_b" in batch:
+        second = tokenizer(batch["text_b"], truncation=True, max_length=max_length)
+        tokens.update(zip(PAIR_INPUTS, (second["input_ids"], second["attention_mask"])))
+    return tokens
 
 
 def tokenize(splits: datasets.DatasetDict | datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int):
-    """``splits`` (or one split) with ``input_ids`` and ``attention_mask`` in place of ``text``.
-    The map gets the tokenizer and nothing else: a closure over a datamodule would make
-    ``datasets`` pickle it (and the Trainer and W&B logger it points to) to fingerprint every map."""
+    """``splits`` (or one split) with ``input_ids`` and ``attention_mask`` in place of ``text``
+    (and ``PAIR_INPUTS`` in place of ``text_b``). The map gets the tokenizer and nothing else: a
+    closure over a datamodule would make ``datasets`` pickle it (and the Trainer and W&B logger
+    it points to) to fingerprint every map."""
+    columns = splits.column_names if isinstance(splits, datasets.Dataset) else next(iter(splits.values())).column_names
     return splits.map(_tokenize_batch, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-                      batched=True, remove_columns=["text"])
+                      batched=True, remove_columns=[c for c in ("text", "text_b") if c in columns])
 
 
 class WithCopies(torch.utils.data.Dataset):
@@ -165,14 +176,18 @@ class TaskDataModule(pl.LightningDataModule):
             return
         for name in self.used_splits():
             rows = self.splits[name].add_column("target", self.split_targets(name).tolist())
-            self.prepared[name] = rows.select_columns(["input_ids", "attention_mask", "target", "label"]).with_format(
-                "python")
+            inputs = ["input_ids", "attention_mask", *(c for c in PAIR_INPUTS if c in rows.column_names)]
+            self.prepared[name] = rows.select_columns([*inputs, "target", "label"]).with_format("python")
+
+    def pad(self, rows: list[dict], ids: str, mask: str) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad([{"input_ids": r[ids], "attention_mask": r[mask]} for r in rows],
+                                   return_tensors="pt")
+        return {ids: batch["input_ids"], mask: batch["attention_mask"]}
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer.pad(
-            [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in rows],
-            return_tensors="pt",
-        )
+        batch = self.pad(rows, "input_ids", "attention_mask")
+        if PAIR_INPUTS[0] in rows[0]:  # each text of a pair padded on its own
+            batch.update(self.pad(rows, *PAIR_INPUTS))
         return {**batch, **self._labels(rows)}
 
     @staticmethod
@@ -184,7 +199,12 @@ class TaskDataModule(pl.LightningDataModule):
         }
 
     def lengths(self, name: str) -> list[int]:
-        return [len(ids) for ids in self.prepared[name]["input_ids"]]
+        """Tokens per row (both texts of a pair): what a row costs, for length buckets."""
+        rows = self.prepared[name]
+        lengths = [len(ids) for ids in rows["input_ids"]]
+        if PAIR_INPUTS[0] in rows.column_names:
+            lengths = [n + len(ids) for n, ids in zip(lengths, rows[PAIR_INPUTS[0]])]
+        return lengths
 
     def by_length(self, name: str) -> list[int]:
         """The rows of ``name``, longest first: evaluation batches with little padding (and the

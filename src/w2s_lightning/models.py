@@ -41,15 +41,25 @@ def check_pooling(pooling: str) -> None:
         raise ConfigError(f"pooling={pooling!r} is unknown; choose one of {sorted(POOLINGS)}.")
 
 
-class Classifier(nn.Module):
-    """Backbone -> pooled hidden state -> linear head with two logits."""
+def pair_logits(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
+    """Two-class logits of a pair from its rewards: softmax gives P(a is the better one) =
+    sigmoid(r_a - r_b), the Bradley-Terry model. Cross-entropy on them against label 1 is the
+    Bradley-Terry loss -log sigmoid(r_chosen - r_rejected); against a weak reward model's
+    sigmoid(r_a - r_b) it is the same loss on soft labels, and aux_conf works unchanged."""
+    return torch.stack([reward_b, reward_a], dim=-1)
 
-    def __init__(self, backbone: nn.Module, pooling: str, num_labels: int = 2):
+
+class Classifier(nn.Module):
+    """Backbone -> pooled hidden state -> linear head with two logits. A reward model
+    (``pairwise``) has a one-output head that scores each text of a pair alone, and returns the
+    pair's ``pair_logits``."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, pairwise: bool = False):
         super().__init__()
         check_pooling(pooling)
         self.backbone = backbone
         self.pooling = pooling
-        self.head = nn.Linear(backbone.config.hidden_size, num_labels, bias=False)
+        self.head = nn.Linear(backbone.config.hidden_size, 1 if pairwise else 2, bias=False)
         # Zero init as in the paper: the classifier starts at exactly 50/50.
         nn.init.zeros_(self.head.weight)
 
@@ -58,8 +68,14 @@ class Classifier(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return POOLINGS[self.pooling](hidden, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask).to(self.head.weight.dtype)).float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_ids_b: torch.Tensor | None = None,
+                attention_mask_b: torch.Tensor | None = None) -> torch.Tensor:
+        if input_ids_b is None:
+            return self.score(input_ids, attention_mask)
+        return pair_logits(self.score(input_ids, attention_mask)[:, 0], self.score(input_ids_b, attention_mask_b)[:, 0])
 
 
 class LinearProbe(nn.Module):
@@ -131,9 +147,10 @@ def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str, seed: int 
 
 
 def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None,
-                    seed: int | None = None, dropout: bool = True) -> Classifier:
-    """The backbone of ``model_cfg`` under a fresh head; with ``finetune.name == 'lora'``,
-    with LoRA adapters on the backbone. ``seed`` fixes the adapters' random init."""
+                    seed: int | None = None, dropout: bool = True, pairwise: bool = False) -> Classifier:
+    """The backbone of ``model_cfg`` under a fresh head (a reward head when ``pairwise``); with
+    ``finetune.name == 'lora'``, with LoRA adapters on the backbone. ``seed`` fixes the
+    adapters' random init."""
     backbone = load_pretrained(AutoModel, model_cfg, zoo_dir, seed=seed, dropout=dropout)
     if getattr(backbone, "pooler", None) is not None:
         # An encoder's pooler (BERT, MPNet: a dense layer on the first token) is never used
@@ -143,7 +160,7 @@ def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | 
         backbone.activation_checkpointing_enable()
     if finetune is not None and finetune.name == "lora":
         backbone = add_lora(backbone, finetune)
-    return Classifier(backbone, model_cfg.pooling)
+    return Classifier(backbone, model_cfg.pooling, pairwise)
 
 
 def load_tokenizer(model_cfg: DictConfig, zoo_dir: str) -> PreTrainedTokenizerBase:

@@ -111,6 +111,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method={cfg.method.name} trains none; "
                           "add method=bootstrap (or, for method=generative, method.then=w2s_lightning.methods.bootstrap), "
                           "or drop chain=.")
+    if cfg.task.pairwise and cfg.finetune.name == "probe":
+        raise ConfigError(f"task={cfg.task.name} is reward modelling: a pair's texts are scored one at a time, and "
+                          "finetune=probe's frozen features hold one text per row. Use finetune=full or finetune=lora.")
     if cfg.select.callbacks and cfg.task.n_val <= 0:
         raise ConfigError(f"select={cfg.select.name} selects on the validation split; set task.n_val > 0.")
     for request in (r for r in requests if trains_every_weight(cfg, r)):  # once the device is known to exist

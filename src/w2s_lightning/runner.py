@@ -157,7 +157,7 @@ class StageRunner:
             classifier = LinearProbe(features["train_a"].shape[1])
         else:
             classifier = load_classifier(self.weights(model_cfg, init), cfg.paths.zoo_dir, cfg.finetune,
-                                         seed=cfg.seed, dropout=cfg.train.dropout)
+                                         seed=cfg.seed, dropout=cfg.train.dropout, pairwise=cfg.task.pairwise)
         if cfg.train.compile:
             classifier.compile(dynamic=True)  # in place: the state dict keeps its names
         datamodule = self.datamodule(request, targets, features)

@@ -20,11 +20,15 @@ from w2s_lightning.methods import StageRequest
 # 4: stages are built from requests (rows as split/part, the selection group, the
 # ground-truth loss and the model schema's fields in the key). A probe's features became one
 # stage per split without a bump: their spec changed shape, so no old key can match.
-STAGE_FORMAT = 4
+# 5: the task schema (config.TaskConfig) gave every task config its fields; a pairwise task's
+# fingerprint holds its second texts.
+STAGE_FORMAT = 5
 GROUND_TRUTH = "ground_truth"
 # Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
+# Task fields that describe or check the data, never change the rows (those are in the fingerprint).
+DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
 # Training settings that change how a stage runs, not what it ends with.
 RUN_ONLY_TRAIN_KEYS = ("checkpoint_every",)
 # Trainer settings conf/trainer gained after stages were cached, at the value Lightning takes
@@ -39,11 +43,16 @@ def plain(node: DictConfig | None):
 def fingerprint(splits) -> str:
     """A hash of every split's texts and labels: stage keys follow the data itself, so edited
     files, another hub revision or a changed formatter never reuse stale stages."""
-    return content_key({name: [list(rows["text"]), list(rows["label"])] for name, rows in splits.items()})
+    return content_key({name: [list(rows[c]) for c in ("text", "text_b", "label") if c in rows.column_names]
+                        for name, rows in splits.items()})
 
 
 def model_settings(model_cfg: DictConfig) -> dict:
     return {k: v for k, v in plain(model_cfg).items() if k not in DISPLAY_ONLY_MODEL_KEYS}
+
+
+def task_settings(task_cfg: DictConfig) -> dict:
+    return {k: v for k, v in plain(task_cfg).items() if k not in DISPLAY_ONLY_TASK_KEYS}
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
@@ -65,7 +74,7 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
     if request.kind == "features":  # a frozen forward pass: no seed, and the task is in the texts
         return {"format": STAGE_FORMAT, "data": data_key, "features": True, "model": model_settings(request.model),
                 "trainer": trainer_settings(cfg), "init": keys.get("init")}
-    common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": plain(cfg.task)}
+    common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": task_settings(cfg.task)}
     if request.kind == "relabel":  # no model trains: the function and its input decide everything
         return {**common, "relabel": request.options["fn"], "supervisor": keys["supervisor"],
                 "predicts": list(request.predicts)}

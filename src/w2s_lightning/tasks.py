@@ -1,13 +1,16 @@
 """Tasks: where a task's rows come from and how each row becomes a binary example.
 
 Every task is made binary as the paper does it (``formatters.py``) and turned into rows with
-two columns, ``text`` and ``label`` (0/1). Rows come from ``<data_dir>/<task>/<split>.{jsonl,csv,parquet}``
-when that folder exists, else from the Hugging Face hub.
+the columns ``text`` and ``label`` (0/1), plus ``text_b`` for a pairwise task (reward
+modelling). Rows come from ``<data_dir>/<task>/<split>.{jsonl,csv,parquet}`` (or the task's
+``local_files``) when they exist, else from the Hugging Face hub.
 
 Splits: the task's train source is shuffled with the experiment seed and cut into a
 validation part and two halves, A (ground truth for the weak model and the ceiling) and
 B (labelled by the weak model for the transfer). The test split is picked with the fixed
-``split_seed``, so it is the same for every experiment seed.
+``split_seed``, so it is the same for every experiment seed; so is the cut of a task that has
+one labelled source. A task with ``balance: true`` is formatted whole and its majority class
+undersampled (seeded) before the rows are taken.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import random
 from pathlib import Path
 
 import datasets
+import numpy as np
 from omegaconf import DictConfig
 
 from w2s_lightning.errors import ConfigError, DataError
-from w2s_lightning.formatters import FORMATTERS
+from w2s_lightning.formatters import FORMATTERS, LEFT_OUT
 
 log = logging.getLogger(__name__)
 
@@ -71,36 +75,68 @@ def _first_bad_line(path: Path) -> str | None:
 
 
 def _load_hub(task: DictConfig, split: str, looked_in: str) -> datasets.Dataset:
-    split = task.get("hub_splits", {}).get(split, split)
+    local_name, split = split, task.hub_splits.get(split, task.splits[split])
     try:
-        return datasets.load_dataset(task.hub_path, task.get("hub_name"), split=split)
+        if not task.hub_path:
+            raise ValueError("the task names no hub dataset (task.hub_path)")
+        subsets = [datasets.load_dataset(task.hub_path, task.hub_name, data_dir=data_dir, split=split)
+                   for data_dir in task.hub_data_dirs or [None]]
+        rows = datasets.concatenate_datasets(subsets)
     except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
         raise DataError(
             f"no data for task '{task.name}', split '{split}': {looked_in}, and the hub "
             f"dataset '{task.hub_path}' could not be loaded ({type(err).__name__}: {err}). "
-            f"Put the split at <data_dir>/{task.name}/{split}.jsonl (or .csv/.parquet) and point "
+            f"Put the split at <data_dir>/{task.name}/{task.splits[local_name]}.jsonl (or .csv/.parquet) and point "
             "W2S_DATA_DIR or paths.data_dir at <data_dir>, or run where the hub is reachable."
         ) from err
+    return check_columns(rows, task, f"the hub's {task.hub_path} {split}")
+
+
+def check_columns(rows: datasets.Dataset, task: DictConfig, source: str) -> datasets.Dataset:
+    """Stop before any stage when the rows lack a column the task's formatter reads."""
+    missing = [c for c in task.columns if c not in rows.column_names]
+    if missing:
+        raise DataError(f"task '{task.name}': {source} lacks the column(s) {missing}; the formatter "
+                        f"'{task.formatter}' reads {list(task.columns)}, the rows have {rows.column_names}.")
+    return rows
+
+
+def _load_local_files(task: DictConfig, data_dir: str | None) -> tuple[datasets.Dataset, datasets.Dataset] | None:
+    """A task whose local data is several files forming one labelled pool (``local_files``):
+    joined and cut into (train, test); None when any of them is missing."""
+    files = [_local_file(Path(data_dir) / Path(stem).parent, Path(stem).name) for stem in task.local_files] \
+        if data_dir else [None]
+    if not all(files):
+        return None
+    pool = datasets.concatenate_datasets([check_columns(_read_file(f), task, str(f)) for f in files])
+    return _cut_single_source(pool, task)
 
 
 def load_sources(task: DictConfig, data_dir: str | None) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Raw (train source, test source) rows for a task, from local files or the hub."""
     if task.formatter == "template":
         return _load_custom(task)
+    if task.local_files:
+        local = _load_local_files(task, data_dir)
+        if local:
+            return local
+        looked_in = f"{data_dir or 'no data_dir is set'} lacks one of {list(task.local_files)}"
+        return _load_hub(task, "train", looked_in), _load_hub(task, "test", looked_in)
     train_name, test_name = task.splits.train, task.splits.test
     folder = Path(data_dir) / task.name if data_dir else None
     if folder is not None and folder.is_dir():
         train_file, test_file = _local_file(folder, train_name), _local_file(folder, test_name)
         if train_file and test_file:
-            return _read_file(train_file), _read_file(test_file)
+            return (check_columns(_read_file(train_file), task, str(train_file)),
+                    check_columns(_read_file(test_file), task, str(test_file)))
         if train_file or test_file:
             only = train_file or test_file
             log.info("%s: only %s is available locally; cutting it into train and test", task.name, only.name)
-            return _cut_single_source(_read_file(only), task)
+            return _cut_single_source(check_columns(_read_file(only), task, str(only)), task)
         looked_in = f"{folder} holds neither {train_name}.* nor {test_name}.*"
     else:
         looked_in = f"no local folder {folder}" if folder else "no data_dir is set"
-    return _load_hub(task, train_name, looked_in), _load_hub(task, test_name, looked_in)
+    return _load_hub(task, "train", looked_in), _load_hub(task, "test", looked_in)
 
 
 def _load_custom(task: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -116,14 +152,23 @@ def _load_custom(task: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
 
 
 def _cut_single_source(rows: datasets.Dataset, task: DictConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Deterministically cut one source into (train, test); test gets min(n_test, a third)."""
+    """Deterministically cut one source into (train, test); test gets min(n_test, a third), or
+    a whole third for a task that balances its classes (balancing then drops rows). A pure
+    function of the rows, the sizes and ``split_seed``: every experiment seed sees the same cut."""
     rows = rows.shuffle(seed=task.split_seed)
-    n_test = min(task.n_test, len(rows) // 3)
+    n_test = len(rows) // 3 if task.balance else min(task.n_test, len(rows) // 3)
     return rows.select(range(n_test, len(rows))), rows.select(range(n_test))
 
 
 # --------------------------------------------------------------------------------------
 # Formatting and splitting
+
+
+def example_features(task: DictConfig) -> datasets.Features:
+    """The formatted rows' columns, stated: ``datasets.map`` would otherwise keep a source
+    column's type, and 0/1 written over HellaSwag's string ``label`` would come back as '0'/'1'."""
+    texts = ("text", "text_b") if task.pairwise else ("text",)
+    return datasets.Features({**{t: datasets.Value("string") for t in texts}, "label": datasets.Value("int64")})
 
 
 def _format(rows: datasets.Dataset, task: DictConfig, seed: int, role: str) -> datasets.Dataset:
@@ -134,7 +179,33 @@ def _format(rows: datasets.Dataset, task: DictConfig, seed: int, role: str) -> d
         # independent answer choices (the reference reused one Random(seed) for every split).
         return fmt(row, random.Random(f"{seed}/{role}/{index}"), task)
 
-    return rows.map(apply, with_indices=True, remove_columns=rows.column_names, desc=f"format {task.name}/{role}")
+    return rows.map(apply, with_indices=True, remove_columns=rows.column_names, features=example_features(task),
+                    desc=f"format {task.name}/{role}")
+
+
+def balanced(rows: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """``rows`` without the left-out class (label -1) and with the majority class undersampled
+    to the minority's count: the first rows of each class in a ``seed``-shuffled order."""
+    rows = rows.filter(lambda label: label != LEFT_OUT, input_columns="label")
+    labels = np.asarray(rows["label"])
+    keep = min(int((labels == 0).sum()), int((labels == 1).sum()))
+    order = np.random.default_rng(seed).permutation(len(rows))
+    chosen = np.concatenate([order[labels[order] == c][:keep] for c in (0, 1)])
+    return rows.select(np.sort(chosen))
+
+
+def _formatted(source: datasets.Dataset, n: int, task: DictConfig, seed: int, role: str, what: str) -> datasets.Dataset:
+    """``n`` formatted rows of ``source`` in a ``seed``-shuffled order. A task that balances its
+    classes formats the whole source first: undersampling needs every row's label."""
+    source = source.shuffle(seed=seed)
+    if not task.balance:
+        return _format(source.select(range(_take(source, n, what, task))), task, seed, role)
+    formatted = _format(source, task, seed, role)
+    rows = balanced(formatted, seed)
+    kept = [label for label in formatted["label"] if label != LEFT_OUT]
+    log.info("%s/%s: %.1f%% positive in %d rows, balanced to %d rows", task.name, role,
+             100 * sum(kept) / max(1, len(kept)), len(kept), len(rows))
+    return rows.select(range(_take(rows, n, f"{what} (after balancing)", task)))
 
 
 def _take(rows: datasets.Dataset, n: int, what: str, task: DictConfig) -> int:
@@ -160,14 +231,11 @@ def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.D
     check_task(task)
     train_src, test_src = load_sources(task, data_dir)
 
-    n_test = _take(test_src, task.n_test, "n_test", task)
-    test_rows = test_src.shuffle(seed=task.split_seed).select(range(n_test))
-    test = _format(test_rows, task, task.split_seed, "test")
-
-    n_pool = _take(train_src, task.n_train + task.n_val, "n_train + n_val", task)
+    test = _formatted(test_src, task.n_test, task, task.split_seed, "test", "n_test")
+    pool = _formatted(train_src, task.n_train + task.n_val, task, seed, "train", "n_train + n_val")
+    n_pool = len(pool)
     n_val = min(task.n_val, n_pool // 5)
     n_half = (n_pool - n_val) // 2
-    pool = _format(train_src.shuffle(seed=seed).select(range(n_pool)), task, seed, "train")
     # Lists, not ranges: datasets refuses an empty range that starts at the end (n_val = 0).
     splits = datasets.DatasetDict(
         train_a=pool.select(list(range(n_half))),

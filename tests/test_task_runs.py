@@ -1,0 +1,51 @@
+"""Every offline task, and reward modelling, through `python run.py` for real: one multirun of
+tiny models at tiny sizes (one process: a job costs its stages, not the imports)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from test_sweep import multirun
+from test_task_suite import LOCAL, REWARD
+
+pytestmark = pytest.mark.slow
+TASKS = LOCAL + REWARD
+
+
+@pytest.fixture(scope="module")
+def every_task(tmp_path_factory, tiny_bert, tiny_llama) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("every-task")
+    sweep_dir = root / "sweep"
+    # One optimizer step per stage; 64 tokens per text keeps MultiRC's and QuAIL's passages cheap.
+    done = multirun(root, sweep_dir, root / "cache", f"task={','.join(TASKS)}", "task.n_train=64", "task.n_val=16",
+                    "task.n_test=32", "train.batch_size=32", f"weak.path={tiny_bert}", "weak.name=tiny-bert",
+                    f"strong.path={tiny_llama}", "strong.name=tiny-llama", "strong.pooling=last",
+                    "strong.objective=causal_lm", "weak.max_length=64", "strong.max_length=64", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
+    return {r["task"]: r for r in results}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_offline_task_runs_through_run_py(every_task, task):
+    results = every_task[task]
+    stages = results["stages"]
+    assert set(stages) == {"weak", "ceiling", "transfer"}
+    for stage in stages.values():
+        assert 0.0 <= stage["acc"] <= 1.0 and "auroc" in stage
+    assert results["n_test"] == min(32, results["class_balance"]["test"]["rows"])
+    assert "pgr" in results
+
+
+def test_a_reward_model_trains_on_pairs_and_hands_on_pair_probabilities(every_task):
+    results = every_task["hh"]
+    weak = Path(results["stages"]["weak"]["path"])
+    labels = load_file(str(weak / "predictions.safetensors"))
+    # The weak reward model's soft labels of half B: sigmoid(r_a - r_b), one per pair.
+    assert len(labels["train_b"]) == results["class_balance"]["train_b"]["rows"]
+    assert ((labels["train_b"] > 0) & (labels["train_b"] < 1)).all()
+    assert results["config"]["task"]["pairwise"] is True
