@@ -189,6 +189,7 @@ ELSEWHERE = {
     "multi-device settings that cannot run": "tests/test_pipeline.py::test_multi_device_settings_that_cannot_run_are_refused_before_training",
     "selection on an empty validation split": "tests/test_methods.py::test_selection_settings_that_cannot_work_are_refused",
     "task.n_val=0 (allowed: nothing is validated)": "tests/test_pipeline.py::test_an_empty_validation_split_is_not_predicted",
+    "a data file without a column its task reads": "tests/test_task_suite.py::test_a_file_without_the_columns_its_task_reads_is_named",
 }
 
 

@@ -1,4 +1,4 @@
-"""Every command the README shows in a ```bash block runs as written, through the shell, from a
+"""Every command the README and docs/*.md show in a ```bash block runs as written, through the shell, from a
 fresh working folder; only appended overrides cut its sizes (fewer rows, one epoch, a sweep's
 lists cut to one value). Commands that need the hub or a GPU must stop with their clear error.
 `make run` and `make test` are not run here: CI runs `make test`, and `make run` is the first
@@ -6,6 +6,7 @@ command below with `ARGS` at its default."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ SWEEP_CUTS = {"experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'mo
               "seed=0,1,2": "seed=0"}
 # Appended to benchmark measurements: 16 training rows instead of 512.
 BENCHMARK_ROWS = "--rows 16"
+# Appended to the task table's measurement: one task, tiny, into the test's copy of docs/.
+TASK_TABLE = "--tasks sst2 --docs docs"
 # Commands that stop where this machine cannot go, and what they must say.
 STOPS = {"trainer=gpu": "use trainer=cpu here",
          "--checkout ../weak-to-strong": "git clone https://github.com/openai/weak-to-strong"}  # no network in CI
@@ -35,7 +38,8 @@ SWEEP_CUTS["experiment=offline_causal"] = "task=sciq 'model@weak=smollm2_135m' '
 
 
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [b for page in pages for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     commands = [re.sub(r"\s+#[^'\"]*$", "", line).strip() for line in lines]
     return list(dict.fromkeys(c for c in commands if c and not c.startswith("make ")))  # each once
@@ -53,6 +57,7 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
     work.mkdir()
     for name in ("run.py", "conf", "scripts"):
         (work / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "docs", work / "docs")  # a copy: the task table's commands write there
     (work / "my.csv").write_text("title,body,verdict\n" + "".join(
         f"Review {i},{'great' if i % 2 else 'awful'} film number {i},{'yes' if i % 2 else 'no'}\n" for i in range(160)))
     env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
@@ -65,6 +70,8 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
                 appended += [cut for key, cut in SWEEP_CUTS.items() if key in command]
         if command.startswith("python scripts/benchmark.py") and " gpt2 " not in command:
             appended = [BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
+        if command.startswith("python scripts/task_table.py"):
+            appended = ["--docs docs"] if "--render" in command else [TASK_TABLE, f"paths.zoo_dir={zoo_dir}", SIZES]
         shell = " ".join([command, *appended])
         done = subprocess.run(["bash", "-c", shell], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
         stop = next((message for key, message in STOPS.items() if key in command), None)

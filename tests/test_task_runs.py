@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from w2s_lightning import pipeline
+
 from test_sweep import multirun
 from test_task_suite import LOCAL, REWARD
 
@@ -48,4 +50,12 @@ def test_a_reward_model_trains_on_pairs_and_hands_on_pair_probabilities(every_ta
     # The weak reward model's soft labels of half B: sigmoid(r_a - r_b), one per pair.
     assert len(labels["train_b"]) == results["class_balance"]["train_b"]["rows"]
     assert ((labels["train_b"] > 0) & (labels["train_b"] < 1)).all()
+    assert results["config"]["task"]["pairwise"] is True
+
+
+def test_generative_fine_tuning_runs_on_reward_modelling(make_cfg, tiny_overrides):
+    cfg = make_cfg(*tiny_overrides, "task=hh_harmless", "method=generative", "task.n_train=32", "task.n_val=8",
+                   "task.n_test=16")
+    results = pipeline.run(cfg)
+    assert {"generative", "weak", "ceiling", "transfer"} <= set(results["stages"])
     assert results["config"]["task"]["pairwise"] is True

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from w2s_lightning import formatters, tasks
+from w2s_lightning import formatters, generative, tasks
 from w2s_lightning.errors import DataError
 from w2s_lightning.losses import XentLoss
 from w2s_lightning.models import Classifier, pair_logits
@@ -266,3 +266,11 @@ def test_string_labels_come_back_as_integers(make_cfg, data_dir, tmp_path):
     custom = tasks.load_splits(task, None, seed=0)
     assert tasks.class_balance(custom)["test"]["positive_rate"] == sum(custom["test"]["label"]) / 20
     assert all(label == int(text.split()[1]) % 2 for text, label in zip(custom["test"]["text"], custom["test"]["label"]))
+
+
+def test_generative_fine_tuning_reads_both_dialogues_of_a_pair(make_cfg, data_dir):
+    splits = tasks.load_splits(make_cfg("task=hh_harmless", *SMALL).task, data_dir, seed=0)
+    texts = generative.unlabeled_texts(splits)["text"]
+    pool = [*splits["train_a"]["text"], *splits["train_a"]["text_b"], *splits["train_b"]["text"],
+            *splits["train_b"]["text_b"]]
+    assert sorted(texts) == sorted(pool) and len(texts) == 4 * len(splits["train_a"])

@@ -50,6 +50,14 @@ class LanguageModelModule(pl.LightningModule):
                               implementation=self.adamw)
 
 
+def unlabeled_texts(splits: datasets.DatasetDict) -> datasets.Dataset:
+    """Every text of the training pool, as one ``text`` column: both dialogues of a reward
+    modelling pair."""
+    columns = [c for c in ("text", "text_b") if c in splits[UNLABELED_SPLITS[0]].column_names]
+    return datasets.concatenate_datasets([splits[name].select_columns([column]).rename_column(column, "text")
+                                          for name in UNLABELED_SPLITS for column in columns])
+
+
 def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict,
              trainer: pl.Trainer, out: Path) -> None:
     """Train ``model_cfg``'s language-model objective on the pool's texts for ``options``
@@ -58,10 +66,7 @@ def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: data
     # Seeded: an encoder's MLM head is missing from the zoo's checkpoints and starts random.
     model = load_pretrained(LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed,
                             dropout=cfg.train.dropout)
-    # Every text of the pool: both dialogues of a reward-modelling pair.
-    columns = [c for c in ("text", "text_b") if c in splits[UNLABELED_SPLITS[0]].column_names]
-    texts = datasets.concatenate_datasets([splits[name].select_columns([column]).rename_column(column, "text")
-                                           for name in UNLABELED_SPLITS for column in columns])
+    texts = unlabeled_texts(splits)
     tokenized = tokenize(texts, tokenizer, usable_length(model_cfg, tokenizer, cfg.paths.zoo_dir)).with_format("python")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=model_cfg.objective == "masked_lm",
                                                mlm_probability=options["mlm_probability"])
