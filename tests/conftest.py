@@ -8,16 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+# CI has no hub: fail fast instead of retrying. Set before anything imports huggingface_hub,
+# which reads them once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import w2s_lightning.config as w2s_config
-from w2s_lightning import zoo
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import w2s_lightning.config as w2s_config  # noqa: E402
+from w2s_lightning import zoo  # noqa: E402
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # CI has no hub: fail fast instead of retrying
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -54,8 +54,9 @@ def unlabeled_texts(splits: datasets.DatasetDict) -> datasets.Dataset:
     """Every text of the training pool, as one ``text`` column: both dialogues of a reward
     modelling pair."""
     columns = [c for c in ("text", "text_b") if c in splits[UNLABELED_SPLITS[0]].column_names]
-    return datasets.concatenate_datasets([splits[name].select_columns([column]).rename_column(column, "text")
-                                          for name in UNLABELED_SPLITS for column in columns])
+    parts = [splits[name].select_columns([column]) for name in UNLABELED_SPLITS for column in columns]
+    return datasets.concatenate_datasets([p if "text" in p.column_names else p.rename_column("text_b", "text")
+                                          for p in parts])
 
 
 def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict,
