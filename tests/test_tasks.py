@@ -33,7 +33,7 @@ def test_sciq_formatter_on_a_known_row(data_dir, make_cfg):
 
 
 def test_sst2_and_boolq_formatters_on_known_rows(data_dir, make_cfg):
-    sst2 = formatters.format_sst2(first_row(data_dir, "sst2", "test"), random.Random(0), make_cfg("task=sst2").task)
+    sst2 = formatters.FORMATTERS["sst2"](first_row(data_dir, "sst2", "test"), random.Random(0), make_cfg("task=sst2").task)
     assert sst2 == {"text": "no movement , no yuks , not much of anything .", "label": 0}
     row = first_row(data_dir, "boolq", "validation")
     boolq = formatters.format_boolq(row, random.Random(0), make_cfg("task=boolq").task)

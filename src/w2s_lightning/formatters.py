@@ -85,8 +85,9 @@ def format_amazon_polarity(row: dict, rng: random.Random, task: DictConfig) -> d
 
 
 @formatter("sst2")
-def format_sst2(row: dict, rng: random.Random, task: DictConfig) -> dict:
-    """Native label (positive), as EleutherAI."""
+@formatter("cola")
+def format_sentence(row: dict, rng: random.Random, task: DictConfig) -> dict:
+    """Native label of one sentence (SST-2: positive; CoLA: acceptable), as EleutherAI."""
     return {"text": row["sentence"], "label": int(row["label"])}
 
 
@@ -135,12 +136,6 @@ def format_anli(row: dict, rng: random.Random, task: DictConfig) -> dict:
     "not entailed" (0). That leaves a third positive, so the task balances by undersampling."""
     text = f"Premise: {row['premise']}\nHypothesis: {row['hypothesis']}\n\nDoes the premise entail the hypothesis?"
     return {"text": text, "label": int(int(row["label"]) == 0)}
-
-
-@formatter("cola")
-def format_cola(row: dict, rng: random.Random, task: DictConfig) -> dict:
-    """Native label (acceptable), as EleutherAI."""
-    return {"text": row["sentence"], "label": int(row["label"])}
 
 
 @formatter("hellaswag")

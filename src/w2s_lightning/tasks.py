@@ -74,8 +74,10 @@ def _first_bad_line(path: Path) -> str | None:
     return None
 
 
-def _load_hub(task: DictConfig, split: str, looked_in: str) -> datasets.Dataset:
-    local_name, split = split, task.hub_splits.get(split, task.splits[split])
+def _load_hub(task: DictConfig, role: str, looked_in: str) -> datasets.Dataset:
+    """The hub's rows for ``role`` (train or test): its split name is ``hub_splits[role]``
+    where the hub's differs from the local one, ``splits[role]``."""
+    split = task.hub_splits.get(role, task.splits[role])
     try:
         if not task.hub_path:
             raise ValueError("the task names no hub dataset (task.hub_path)")
@@ -86,7 +88,7 @@ def _load_hub(task: DictConfig, split: str, looked_in: str) -> datasets.Dataset:
         raise DataError(
             f"no data for task '{task.name}', split '{split}': {looked_in}, and the hub "
             f"dataset '{task.hub_path}' could not be loaded ({type(err).__name__}: {err}). "
-            f"Put the split at <data_dir>/{task.name}/{task.splits[local_name]}.jsonl (or .csv/.parquet) and point "
+            f"Put the split at <data_dir>/{task.name}/{task.splits[role]}.jsonl (or .csv/.parquet) and point "
             "W2S_DATA_DIR or paths.data_dir at <data_dir>, or run where the hub is reachable."
         ) from err
     return check_columns(rows, task, f"the hub's {task.hub_path} {split}")
@@ -104,8 +106,9 @@ def check_columns(rows: datasets.Dataset, task: DictConfig, source: str) -> data
 def _load_local_files(task: DictConfig, data_dir: str | None) -> tuple[datasets.Dataset, datasets.Dataset] | None:
     """A task whose local data is several files forming one labelled pool (``local_files``):
     joined and cut into (train, test); None when any of them is missing."""
-    files = [_local_file(Path(data_dir) / Path(stem).parent, Path(stem).name) for stem in task.local_files] \
-        if data_dir else [None]
+    if not data_dir:
+        return None
+    files = [_local_file(Path(data_dir) / Path(stem).parent, Path(stem).name) for stem in task.local_files]
     if not all(files):
         return None
     pool = datasets.concatenate_datasets([check_columns(_read_file(f), task, str(f)) for f in files])
@@ -183,14 +186,17 @@ def _format(rows: datasets.Dataset, task: DictConfig, seed: int, role: str) -> d
                     desc=f"format {task.name}/{role}")
 
 
-def balanced(rows: datasets.Dataset, seed: int) -> datasets.Dataset:
+def balanced(rows: datasets.Dataset, seed: int, what: str) -> datasets.Dataset:
     """``rows`` without the left-out class (label -1) and with the majority class undersampled
-    to the minority's count: the first rows of each class in a ``seed``-shuffled order."""
+    to the minority's count: the first rows of each class in a ``seed``-shuffled order. The
+    log gives the balance before and after, under ``what``."""
     rows = rows.filter(lambda label: label != LEFT_OUT, input_columns="label")
     labels = np.asarray(rows["label"])
     keep = min(int((labels == 0).sum()), int((labels == 1).sum()))
     order = np.random.default_rng(seed).permutation(len(rows))
     chosen = np.concatenate([order[labels[order] == c][:keep] for c in (0, 1)])
+    log.info("%s: %.1f%% positive in %d rows, balanced to %d rows", what, 100 * labels.mean() if len(labels) else 0.0,
+             len(labels), len(chosen))
     return rows.select(np.sort(chosen))
 
 
@@ -200,11 +206,7 @@ def _formatted(source: datasets.Dataset, n: int, task: DictConfig, seed: int, ro
     source = source.shuffle(seed=seed)
     if not task.balance:
         return _format(source.select(range(_take(source, n, what, task))), task, seed, role)
-    formatted = _format(source, task, seed, role)
-    rows = balanced(formatted, seed)
-    kept = [label for label in formatted["label"] if label != LEFT_OUT]
-    log.info("%s/%s: %.1f%% positive in %d rows, balanced to %d rows", task.name, role,
-             100 * sum(kept) / max(1, len(kept)), len(kept), len(rows))
+    rows = balanced(_format(source, task, seed, role), seed, f"{task.name}/{role}")
     return rows.select(range(_take(rows, n, f"{what} (after balancing)", task)))
 
 
