@@ -1,10 +1,11 @@
 """Run one weak-to-strong experiment, a Hydra multirun of them, or the report.
 
-    python run.py experiment=quickstart             # the offline default, CPU-sized
-    python run.py experiment=quickstart task=sciq model@strong=smollm2_135m loss=aux_conf
-    python run.py -m task=sciq,boolq loss=xent,aux_conf   # each task's own (paper) sizes
-    python run.py -m experiment=offline_ladder      # every weak < strong pair of a ladder
-    python run.py command=report                    # PGR tables and figures of the newest multirun
+python run.py experiment=quickstart             # the offline default, CPU-sized
+python run.py experiment=quickstart task=sciq model@strong=smollm2_135m loss=aux_conf
+python run.py -m task=sciq,boolq loss=xent,aux_conf   # each task's own (paper) sizes
+python run.py -m experiment=offline_ladder      # every weak < strong pair of a ladder
+python run.py command=plan -m task=sciq,boolq   # the jobs, the stages each trains or reuses, and their time
+python run.py command=report                    # PGR tables and figures of the newest multirun
 """
 
 import sys
@@ -15,10 +16,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import w2s_lightning.config  # noqa: F401  (registers the resolvers conf/ uses)
-from w2s_lightning import console, pipeline, report
+from w2s_lightning import console, pipeline, plan, report
 from w2s_lightning.errors import ConfigError, W2SError
 
-COMMANDS = {"experiment": pipeline.run, "report": report.run}
+COMMANDS = {"experiment": pipeline.run, "plan": plan.run, "report": report.run}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -37,5 +38,13 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def flags_first(argv: list[str]) -> list[str]:
+    """Hydra's parser reads overrides as one run of words, so ``command=plan -m task=a,b`` (a plan
+    typed in front of a sweep's command) would be refused: move the sweep flag ahead of them."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return [argv[0], *flags, *(a for a in argv[1:] if a not in flags)]
+
+
 if __name__ == "__main__":
+    sys.argv = flags_first(sys.argv)
     main()

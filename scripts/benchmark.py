@@ -94,12 +94,24 @@ def compose(model: str, rows: int, task: str, overrides: list[str], out: Path):
     if Path(model).is_dir():  # any local decoder folder: GPT-2's entry, pointed at it
         model_args = ["model@weak=gpt2", f"weak.path={Path(model).resolve()}", f"weak.name={Path(model).name}"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[
-            "experiment=quickstart", f"task={task}", f"task.n_train={2 * rows}", "task.n_val=0",
-            f"task.n_test={rows}", "train.epochs=1", "train.batch_size=32", *model_args, "weak.minibatch_size=8",
-            "logger.mode=disabled", f"paths.output_dir={out}",
-            f"paths.stage_dir={out / 'stages'}", *overrides,
-        ])
+        return hydra_compose(
+            "config",
+            overrides=[
+                "experiment=quickstart",
+                f"task={task}",
+                f"task.n_train={2 * rows}",
+                "task.n_val=0",
+                f"task.n_test={rows}",
+                "train.epochs=1",
+                "train.batch_size=32",
+                *model_args,
+                "weak.minibatch_size=8",
+                "logger.mode=disabled",
+                f"paths.output_dir={out}",
+                f"paths.stage_dir={out / 'stages'}",
+                *overrides,
+            ],
+        )
 
 
 def report(name: str, figures: dict, params: int, precision: str, device: str = "cpu") -> dict:
@@ -109,8 +121,13 @@ def report(name: str, figures: dict, params: int, precision: str, device: str = 
     for phase, flops_per_token in (("train", 6), ("predict", 2)):
         if f"{phase}_tokens_per_s" in figures:
             figures[f"{phase}_mfu"] = flops_per_token * params * figures[f"{phase}_tokens_per_s"] / peak
-    figures.update(name=name, precision=precision, matmul_peak_gflops=peak / 1e9, non_embedding_params=params,
-                   peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    figures.update(
+        name=name,
+        precision=precision,
+        matmul_peak_gflops=peak / 1e9,
+        non_embedding_params=params,
+        peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    )
     if device == "cuda":
         figures["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(figures))
@@ -120,25 +137,40 @@ def report(name: str, figures: dict, params: int, precision: str, device: str = 
 # ------------------------------------------------------------------ commands
 
 
-# GPT-2's sizes (layers, width, heads), as the hub's configs give them.
-GPT2_SIZES = {"small": (12, 768, 12), "medium": (24, 1024, 16), "large": (36, 1280, 20), "xl": (48, 1600, 25)}
+# GPT-2's sizes (layers, width, heads), as the hub's configs give them; tiny is for smoke tests
+# of the commands that read a model folder, not for figures.
+GPT2_SIZES = {
+    "tiny": (2, 64, 2),
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+    "large": (36, 1280, 20),
+    "xl": (48, 1600, 25),
+}
 
 
 def make_gpt2(args) -> None:
     """A GPT-2-shaped model (``--size``: small is 12 layers, 768 wide, 12 heads) with random
     weights and the byte-level BPE tokenizer of ``--tokenizer`` (SmolLM2's from the offline zoo
-    by default)."""
+    by default, in ``paths.zoo_dir=...`` when given)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from w2s_lightning import zoo
 
-    zoo_dir = Path(os.environ.get("W2S_CACHE_DIR", ".cache/w2s")) / "zoo"  # as conf/paths/default.yaml
+    given = [o.split("=", 1)[1] for o in args.overrides if o.startswith("paths.zoo_dir=")]
+    zoo_dir = given[-1] if given else Path(os.environ.get("W2S_CACHE_DIR", ".cache/w2s")) / "zoo"  # as conf/paths
     source = args.tokenizer or zoo.resolve("zoo:smollm2_135m", str(zoo_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
     layers, width, heads = GPT2_SIZES[args.size]
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=width, n_layer=layers, n_head=heads,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=1024,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(args.folder)
     tokenizer.save_pretrained(args.folder)
     print(f"wrote {args.folder}: {sum(p.numel() for p in GPT2LMHeadModel(config).parameters()) / 1e6:.1f}M parameters")
@@ -146,25 +178,34 @@ def make_gpt2(args) -> None:
 
 def project(args) -> dict:
     """One stage through the project's own stage code, in a fresh cache."""
-    from w2s_lightning import pipeline, tasks, zoo
+    from w2s_lightning import preflight, tasks, zoo
     from w2s_lightning.methods import LABELLER, Rows, StageRequest
-    from w2s_lightning.results import WEAK
+    from w2s_lightning.roles import WEAK
     from w2s_lightning.runner import StageRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(args.model, args.rows, args.task, args.overrides, Path(tmp))
-        pipeline.check_config(cfg)  # what run.py refuses (a GPU trainer without a GPU, ...), refused here too
+        preflight.check_config(cfg)  # what run.py refuses (a GPU trainer without a GPU, ...), refused here too
         splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
-        request = StageRequest(WEAK, cfg.weak, rows=Rows("train_a"), loss=cfg.ground_truth_loss,
-                               predicts=tuple(n for n in LABELLER if len(splits[n])))
+        request = StageRequest(
+            WEAK,
+            cfg.weak,
+            rows=Rows("train_a"),
+            loss=cfg.ground_truth_loss,
+            predicts=tuple(n for n in LABELLER if len(splits[n])),
+        )
         started = time.perf_counter()
         stage = StageRunner(cfg, splits).build(request, {})
         figures = {k: v for k, v in stage.metrics.items() if "per_s" in k or "padding" in k}
         figures.update(stage_seconds=time.perf_counter() - started, test_acc=stage.metrics["acc"])
         folder = zoo.resolve(cfg.weak.path, cfg.paths.zoo_dir)
-        return report(args.name or f"project {' '.join(args.overrides)}".strip(), figures,
-                      non_embedding_params(folder), cfg.trainer.precision,
-                      "cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+        return report(
+            args.name or f"project {' '.join(args.overrides)}".strip(),
+            figures,
+            non_embedding_params(folder),
+            cfg.trainer.precision,
+            "cuda" if cfg.trainer.accelerator == "gpu" else "cpu",
+        )
 
 
 def reference(args) -> dict:
@@ -196,8 +237,13 @@ def reference(args) -> dict:
 
     def as_reference(*names):
         rows = datasets.concatenate_datasets([splits[n] for n in names])
-        return datasets.Dataset.from_dict({"txt": rows["text"], "hard_label": rows["label"],
-                                           "soft_label": [[1.0 - y, float(y)] for y in rows["label"]]})
+        return datasets.Dataset.from_dict(
+            {
+                "txt": rows["text"],
+                "hard_label": rows["label"],
+                "soft_label": [[1.0 - y, float(y)] for y in rows["label"]],
+            }
+        )
 
     tokenizer = get_tokenizer(args.model)
     train = tokenize_dataset(as_reference("train_a"), tokenizer, 1024)
@@ -208,23 +254,38 @@ def reference(args) -> dict:
 
     started = time.perf_counter()
     # loss_fn as train_and_save_model passes it: train_model's default is the class, not a loss.
-    train_model(model, train, batch_size=32, lr=cfg.weak.lr, loss_fn=xent_loss(), minibatch_size=8, epochs=1,
-                eval_every=None, log_every=1000)
+    train_model(
+        model,
+        train,
+        batch_size=32,
+        lr=cfg.weak.lr,
+        loss_fn=xent_loss(),
+        minibatch_size=8,
+        epochs=1,
+        eval_every=None,
+        log_every=1000,
+    )
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     results = eval_model_acc(model, predict, eval_batch_size=32)
     predict_seconds = time.perf_counter() - started
 
     def tokens(lengths, size):  # the reference pads each micro-batch, in row order, to its longest row
-        batches = [lengths[i:i + size] for i in range(0, len(lengths), size)]
+        batches = [lengths[i : i + size] for i in range(0, len(lengths), size)]
         return sum(lengths), sum(len(b) * max(b) for b in batches)
 
     figures = {}
     for phase, rows, size, seconds in (("train", train, 8, train_seconds), ("predict", predict, 32, predict_seconds)):
         real, padded = tokens([len(ids) for ids in rows["input_ids"]], size)
-        figures.update({f"{phase}_examples_per_s": len(rows) / seconds, f"{phase}_tokens_per_s": real / seconds,
-                        f"{phase}_padded_tokens_per_s": padded / seconds, f"{phase}_padding": 1 - real / padded})
-    figures["test_acc"] = float(sum(results["acc"][len(splits["train_b"]):]) / len(splits["test"]))
+        figures.update(
+            {
+                f"{phase}_examples_per_s": len(rows) / seconds,
+                f"{phase}_tokens_per_s": real / seconds,
+                f"{phase}_padded_tokens_per_s": padded / seconds,
+                f"{phase}_padding": 1 - real / padded,
+            }
+        )
+    figures["test_acc"] = float(sum(results["acc"][len(splits["train_b"]) :]) / len(splits["test"]))
     return report("reference train_model (fp32)", figures, non_embedding_params(args.model), "32-true")
 
 
@@ -236,8 +297,11 @@ def suite(args) -> None:
         check_checkout(args.checkout)
     base = [sys.executable, __file__]
     common = ["--rows", str(args.rows), "--task", args.task]
-    jobs = [(name, [*base, "project", args.model, *levers, *args.overrides, *common, "--name", name])
-            for name, levers in LEVERS.items() if args.all_levers or not levers]
+    jobs = [
+        (name, [*base, "project", args.model, *levers, *args.overrides, *common, "--name", name])
+        for name, levers in LEVERS.items()
+        if args.all_levers or not levers
+    ]
     if args.checkout:
         jobs.insert(0, ("reference", [*base, "reference", args.model, *common, "--checkout", args.checkout]))
     for name, command in jobs * args.repeats:
@@ -259,8 +323,10 @@ LAUNCHER_SWEEP = ["experiment=quickstart", "task.n_val=50", "loss=xent,aux_conf"
 LAUNCHERS = {
     "basic": ("basic (one job at a time)", []),
     "local_parallel": ("local_parallel (2 jobs, 1 thread each)", ["hydra/launcher=local_parallel"]),
-    "oversubscribed": ("local_parallel, threads=cores (torch's default)",
-                       ["hydra/launcher=local_parallel", f"threads={os.cpu_count()}"]),
+    "oversubscribed": (
+        "local_parallel, threads=cores (torch's default)",
+        ["hydra/launcher=local_parallel", f"threads={os.cpu_count()}"],
+    ),
 }
 
 
@@ -268,12 +334,24 @@ def launchers(args) -> None:
     """Wall time of one small offline sweep under each launcher, each in a fresh stage cache
     (the zoo's models are shared), one after another; then a markdown table."""
     rows, sizes = [], [f"task.n_train={2 * args.rows}", f"task.n_test={8 * args.rows // 5}"]
-    sweep = LAUNCHER_SWEEP if args.order == "loss-first" else [a for a in LAUNCHER_SWEEP if not a.startswith("loss=")] \
-        + ["loss=xent,aux_conf"]
+    sweep = (
+        LAUNCHER_SWEEP
+        if args.order == "loss-first"
+        else [a for a in LAUNCHER_SWEEP if not a.startswith("loss=")] + ["loss=xent,aux_conf"]
+    )
     for name, extra in (LAUNCHERS[key] for key in args.launchers):
         with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, str(ROOT / "run.py"), "-m", *sweep, *sizes,
-                       f"paths.stage_dir={tmp}/stages", f"hydra.sweep.dir={tmp}/sweep", *extra, *args.overrides]
+            command = [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "-m",
+                *sweep,
+                *sizes,
+                f"paths.stage_dir={tmp}/stages",
+                f"hydra.sweep.dir={tmp}/sweep",
+                *extra,
+                *args.overrides,
+            ]
             print(f"--- {name}: {' '.join(command[2:])}", file=sys.stderr, flush=True)
             started = time.perf_counter()
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -287,34 +365,48 @@ def launchers(args) -> None:
     base = rows[0][2] if rows and rows[0][0].startswith("basic") else None
     print("| launcher | jobs | wall time | vs basic |\n|---|---|---|---|")
     for name, jobs, seconds in rows:
-        print(f"| {name} | {jobs} | {seconds / 60:.1f} min ({seconds:.0f} s) | {f'{seconds / base:.2f}x' if base else ''} |")
+        ratio = f"{seconds / base:.2f}x" if base else ""
+        print(f"| {name} | {jobs} | {seconds / 60:.1f} min ({seconds:.0f} s) | {ratio} |")
     print(f"{os.cpu_count()} cores; each sweep: {' '.join(sweep)} {' '.join(sizes)}")
 
 
 def check_checkout(folder: str) -> None:
     if not (Path(folder) / "weak_to_strong" / "train.py").is_file():
-        print(f"error: --checkout {folder} is not a checkout of openai/weak-to-strong (no weak_to_strong/train.py "
-              f"there). Clone it first: git clone https://github.com/openai/weak-to-strong {folder}", file=sys.stderr)
+        print(
+            f"error: --checkout {folder} is not a checkout of openai/weak-to-strong (no weak_to_strong/train.py "
+            f"there). Clone it first: git clone https://github.com/openai/weak-to-strong {folder}",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 
 def table(runs: list[dict]) -> str:
     reference = [r for r in runs if r["name"].startswith("reference")]
-    base = {k: sum(r[k] for r in reference) / len(reference) for k in ("train_examples_per_s", "predict_examples_per_s")
-            } if reference else None
-    lines = ["| run | precision | train ex/s | vs ref | train tok/s (padded) | padding | train MFU "
-             "| predict ex/s | vs ref | predict padding | peak RSS GB | test acc |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = (
+        {k: sum(r[k] for r in reference) / len(reference) for k in ("train_examples_per_s", "predict_examples_per_s")}
+        if reference
+        else None
+    )
+    lines = [
+        "| run | precision | train ex/s | vs ref | train tok/s (padded) | padding | train MFU "
+        "| predict ex/s | vs ref | predict padding | peak RSS GB | test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        ratio = {k: f"{r[k] / base[k]:.2f}x" if base else "" for k in ("train_examples_per_s", "predict_examples_per_s")}
+        ratio = {
+            k: f"{r[k] / base[k]:.2f}x" if base else "" for k in ("train_examples_per_s", "predict_examples_per_s")
+        }
         lines.append(
             f"| {r['name']} | {r['precision']} | {r['train_examples_per_s']:.2f} | {ratio['train_examples_per_s']} "
             f"| {r['train_tokens_per_s']:.0f} ({r['train_padded_tokens_per_s']:.0f}) | {r['train_padding']:.0%} "
             f"| {r['train_mfu']:.0%} | {r['predict_examples_per_s']:.1f} | {ratio['predict_examples_per_s']} "
-            f"| {r['predict_padding']:.0%} | {r['peak_rss_gb']:.2f} | {r['test_acc']:.3f} |")
-    lines.append(f"matmul peak measured on the spot: {runs[0]['matmul_peak_gflops']:.0f} GFLOP/s "
-                 f"({runs[0]['precision']}); MFU counts real tokens, {runs[0]['non_embedding_params'] / 1e6:.1f}M "
-                 "non-embedding parameters")
+            f"| {r['predict_padding']:.0%} | {r['peak_rss_gb']:.2f} | {r['test_acc']:.3f} |"
+        )
+    lines.append(
+        f"matmul peak measured on the spot: {runs[0]['matmul_peak_gflops']:.0f} GFLOP/s "
+        f"({runs[0]['precision']}); MFU counts real tokens, {runs[0]['non_embedding_params'] / 1e6:.1f}M "
+        "non-embedding parameters"
+    )
     return "\n".join(lines)
 
 
@@ -328,10 +420,19 @@ def main() -> None:
     gpt2.set_defaults(run=make_gpt2)
     timing = commands.add_parser("launchers", help="wall time of a small offline sweep under each launcher")
     timing.add_argument("--rows", type=int, default=250, help="rows in each training half (default 250)")
-    timing.add_argument("--launchers", nargs="+", choices=LAUNCHERS, default=list(LAUNCHERS),
-                        help="which to time (default: all, in this order)")
-    timing.add_argument("--order", choices=["loss-first", "seed-first"], default="loss-first",
-                        help="the sweep's order: seed-first pairs jobs that share ground-truth stages")
+    timing.add_argument(
+        "--launchers",
+        nargs="+",
+        choices=LAUNCHERS,
+        default=list(LAUNCHERS),
+        help="which to time (default: all, in this order)",
+    )
+    timing.add_argument(
+        "--order",
+        choices=["loss-first", "seed-first"],
+        default="loss-first",
+        help="the sweep's order: seed-first pairs jobs that share ground-truth stages",
+    )
     timing.set_defaults(run=launchers)
     for name, run in (("project", project), ("reference", reference), ("suite", suite)):
         command = commands.add_parser(name)
@@ -341,8 +442,9 @@ def main() -> None:
         command.add_argument("--name")
         command.add_argument("--checkout", help="a checkout of openai/weak-to-strong (reference, suite)")
         command.add_argument("--repeats", type=int, default=1, help="suite: run every job this many times")
-        command.add_argument("--all-levers", action="store_true", help="suite: every lever off in turn, "
-                             "not only the defaults")
+        command.add_argument(
+            "--all-levers", action="store_true", help="suite: every lever off in turn, not only the defaults"
+        )
         command.set_defaults(run=run)
     # Hydra overrides of the project's stage (key=value) may come anywhere after the command.
     args, extra = parser.parse_known_args()

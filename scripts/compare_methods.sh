@@ -10,8 +10,8 @@ ROOT=${W2S_LOG_DIR:-outputs}/compare/$(date +%Y-%m-%d_%H-%M-%S)
 sweep() { local name=$1; shift; "$PY" run.py -m "hydra.sweep.dir=$ROOT/$name" "$@"; }
 
 sweep losses     experiment=methods_sst2,methods_sciq loss=xent,aux_conf,aux_conf_soft,adapt_conf "$@"
-sweep chain_sst2 experiment=methods_sst2 method=bootstrap chain=minilm_l6 loss=xent,aux_conf "$@"
-sweep chain_sciq experiment=methods_sciq method=bootstrap chain=mpnet_base loss=xent,aux_conf "$@"
+sweep bootstrap_sst2 experiment=methods_sst2 method=bootstrap method/rungs=minilm_l6 loss=xent,aux_conf "$@"
+sweep bootstrap_sciq experiment=methods_sciq method=bootstrap method/rungs=mpnet_base loss=xent,aux_conf "$@"
 sweep generative experiment=methods_sst2,methods_sciq method=generative loss=xent,aux_conf "$@"
 sweep select     experiment=methods_sst2,methods_sciq select=weak_val,oracle_val "$@"
 sweep finetune   experiment=methods_sst2,methods_sciq finetune=probe,lora "$@"

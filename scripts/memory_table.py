@@ -7,7 +7,7 @@ what fits on 1, 4 and 8 GPUs of 80 GB under finetune=full (one GPU, or trainer=g
 
 The estimate, per device:
 - full fine-tuning holds float32 weights, gradients and two AdamW moments: 16 bytes a
-  parameter (pipeline.BYTES_PER_TRAINED_PARAMETER), divided by the ranks under FSDP's full
+  parameter (preflight.BYTES_PER_TRAINED_PARAMETER), divided by the ranks under FSDP's full
   sharding, all of it on every rank under DDP;
 - LoRA holds the frozen weights in bf16 (paper_nlp_lora: 2 bytes a parameter) and adapters
   whose state is under 1% of that;
@@ -16,7 +16,7 @@ The estimate, per device:
   et al. 2022, "Reducing Activation Recomputation", without the attention scores that SDPA
   does not keep), the MLP's share scaled with its width for Qwen's; with gradient
   checkpointing, each layer's input (2 x width bytes) plus one layer recomputed.
-A device fits a setting when the sum is within 90% of its memory (pipeline.MEMORY_HEADROOM).
+A device fits a setting when the sum is within 90% of its memory (preflight.MEMORY_HEADROOM).
 """
 
 from __future__ import annotations
@@ -32,9 +32,14 @@ BYTES_FULL, BYTES_LORA = 16, 2
 HEADROOM = 0.9
 # Layers, width and MLP width of each model, from its config.json on the hub.
 ARCHITECTURE = {
-    "gpt2": (12, 768, 3072), "gpt2-medium": (24, 1024, 4096), "gpt2-large": (36, 1280, 5120),
-    "gpt2-xl": (48, 1600, 6400), "qwen2.5-0.5b": (24, 896, 4864), "qwen2.5-1.5b": (28, 1536, 8960),
-    "qwen2.5-3b": (36, 2048, 11008), "qwen2.5-7b": (28, 3584, 18944),
+    "gpt2": (12, 768, 3072),
+    "gpt2-medium": (24, 1024, 4096),
+    "gpt2-large": (36, 1280, 5120),
+    "gpt2-xl": (48, 1600, 6400),
+    "qwen2.5-0.5b": (24, 896, 4864),
+    "qwen2.5-1.5b": (28, 1536, 8960),
+    "qwen2.5-3b": (36, 2048, 11008),
+    "qwen2.5-7b": (28, 3584, 18944),
 }
 
 
@@ -54,25 +59,29 @@ def table(gpu_gb: float, tokens: int) -> str:
         "checkpointed | full fits on: plain | full fits on: checkpointed | lora fits on: plain / checkpointed |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def fits(memory: dict[int, float], activations: float) -> str:
+        smallest = next((n for n in (1, 4, 8) if memory[n] + activations <= budget), None)
+        return f"{smallest} GPU{'s' if smallest > 1 else ''}" if smallest else "more than 8"
+
     for name in ARCHITECTURE:
         model = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
         params, micro_batch = float(model.params), int(model.get("minibatch_size", 32))
         acts = {ckpt: activation_bytes(name, micro_batch, tokens, ckpt) for ckpt in (False, True)}
         states = {n: BYTES_FULL * params / n for n in (1, 4, 8)}
 
-        def fits(memory: dict[int, float], ckpt: bool) -> str:
-            smallest = next((n for n in (1, 4, 8) if memory[n] + acts[ckpt] <= budget), None)
-            return f"{smallest} GPU{'s' if smallest > 1 else ''}" if smallest else "more than 8"
-
         lora = {n: BYTES_LORA * params for n in (1, 4, 8)}  # LoRA here replicates (DDP)
         lines.append(
             f"| {name} | {params / 1e9:.2f}B | {micro_batch} | "
             + " / ".join(f"{states[n] / GIB:.1f}" for n in (1, 4, 8))
-            + f" GiB | {acts[False] / GIB:.1f} / {acts[True] / GIB:.1f} | {fits(states, False)} | {fits(states, True)} | "
-            + f"{fits(lora, False)} / {fits(lora, True)} |"
+            + f" GiB | {acts[False] / GIB:.1f} / {acts[True] / GIB:.1f} | "
+            + f"{fits(states, acts[False])} | {fits(states, acts[True])} | "
+            + f"{fits(lora, acts[False])} / {fits(lora, acts[True])} |"
         )
-    lines.append(f"\n{gpu_gb:g} GB GPUs, {HEADROOM:.0%} usable; micro-batches of {tokens} tokens (each model's "
-                 "minibatch_size in conf/model); 4 and 8 GPUs are trainer=gpu_fsdp (full sharding).")
+    lines.append(
+        f"\n{gpu_gb:g} GB GPUs, {HEADROOM:.0%} usable; micro-batches of {tokens} tokens (each model's "
+        "minibatch_size in conf/model); 4 and 8 GPUs are trainer=gpu_fsdp (full sharding)."
+    )
     return "\n".join(lines)
 
 

@@ -36,21 +36,45 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 import w2s_lightning.config  # noqa: F401  (registers the schemas and resolvers conf/ uses)
-from w2s_lightning import methods, parallel, pipeline, tasks
+from w2s_lightning import methods, parallel, preflight, tasks, threads
 from w2s_lightning.data import tokenize
 from w2s_lightning.metrics import gap_noise
 from w2s_lightning.models import load_tokenizer
-from w2s_lightning.results import CEILING, WEAK
+from w2s_lightning.roles import CEILING, WEAK
 from w2s_lightning.runner import StageRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ["sst2", "sciq", "boolq", "cola", "wic", "ethics_deontology", "ethics_virtue", "ethics_utilitarianism",
-         "anli_r2", "tweet_eval_sentiment", "piqa", "social_i_qa", "hellaswag", "dream", "quail", "multirc",
-         "hh_harmless", "hh_helpful", "hh"]
+TASKS = [
+    "sst2",
+    "sciq",
+    "boolq",
+    "cola",
+    "wic",
+    "ethics_deontology",
+    "ethics_virtue",
+    "ethics_utilitarianism",
+    "anli_r2",
+    "tweet_eval_sentiment",
+    "piqa",
+    "social_i_qa",
+    "hellaswag",
+    "dream",
+    "quail",
+    "multirc",
+    "hh_harmless",
+    "hh_helpful",
+    "hh",
+]
 # The offline budget (halves of 500), a validation split large enough to tell a gap from noise,
 # and the offline zoo's clearest encoder gap.
-SIZES = ["+budget=cpu", "task.n_train=1000", "task.n_val=250", "task.n_test=1000",
-         "model@weak=minilm_l3", "model@strong=mpnet_base"]
+SIZES = [
+    "+budget=cpu",
+    "task.n_train=1000",
+    "task.n_val=250",
+    "task.n_test=1000",
+    "model@weak=minilm_l3",
+    "model@strong=mpnet_base",
+]
 # Long texts are cut (on the left: the question and the answer stay) to fit the hour. Reward
 # modelling takes experiment=reward_cpu's sizes, so that preset reuses these stages.
 LENGTHS = {"boolq": 128, "dream": 128, "quail": 128, "multirc": 128}
@@ -83,7 +107,8 @@ def describe(cfg) -> dict:
         "rows": {name: len(rows) for name, rows in splits.items()},
         "positive_rate": {name: float(np.mean(rows["label"])) for name, rows in splits.items() if len(rows)},
         "source_rows": len(train),
-        "tokens_mean": float(lengths.mean()), "tokens_p95": float(np.percentile(lengths, 95)),
+        "tokens_mean": float(lengths.mean()),
+        "tokens_p95": float(np.percentile(lengths, 95)),
         "cut_share": float(np.mean(lengths > cfg.strong.max_length * (2 if cfg.task.pairwise else 1))),
         "majority_rate": max(test_rate, 1 - test_rate),
         "val_majority_rate": max(np.mean(splits["val"]["label"]), 1 - np.mean(splits["val"]["label"])),
@@ -99,28 +124,49 @@ def measurable(record: dict) -> dict:
     noise = gap_noise(weak["val_acc"], ceiling["val_acc"], n)
     weak_above_chance = (weak["val_acc"] - record["val_majority_rate"] > two_se) and (weak["val_auroc"] - 0.5 > two_se)
     gap = ceiling["val_acc"] - weak["val_acc"]
-    return {"val_gap": gap, "val_gap_noise": noise, "weak_above_chance": bool(weak_above_chance),
-            "gap_above_noise": bool(gap > noise), "measurable": bool(weak_above_chance and gap > noise)}
+    return {
+        "val_gap": gap,
+        "val_gap_noise": noise,
+        "weak_above_chance": bool(weak_above_chance),
+        "gap_above_noise": bool(gap > noise),
+        "measurable": bool(weak_above_chance and gap > noise),
+    }
 
 
 def measure(name: str, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out_dir:
         cfg, overrides = compose_task(name, out_dir, extra)
-        pipeline.check_config(cfg)
+        preflight.check_config(cfg)
         record, splits = describe(cfg)
         requests = [r for r in methods.recipe(cfg) if r.role in (WEAK, CEILING)]
         started = time.time()
-        with parallel.ranks(cfg):
+        with parallel.ranks(cfg, threads.use(cfg)):
             stages = StageRunner(cfg, splits).run(requests)
         record["train_wall_seconds"] = time.time() - started
     keep = ("acc", "auroc", "val_acc", "val_auroc", "train_seconds", "total_seconds")
-    record.update({role: {"model": stage.model, "key": stage.key, "reused": stage.reused,
-                          **{k: stage.metrics[k] for k in keep}} for role, stage in stages.items()})
-    record.update(task=name, about=cfg.task.about, max_length=cfg.strong.max_length, balance=cfg.task.balance,
-                  pairwise=cfg.task.pairwise, precision=cfg.trainer.precision,
-                  overrides=[o for o in overrides if not o.startswith("paths.output_dir=")],
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores",
-                  date=datetime.date.today().isoformat(), **measurable(record))
+    record.update(
+        {
+            role: {
+                "model": stage.model,
+                "key": stage.key,
+                "reused": stage.reused,
+                **{k: stage.metrics[k] for k in keep},
+            }
+            for role, stage in stages.items()
+        }
+    )
+    record.update(
+        task=name,
+        about=cfg.task.about,
+        max_length=cfg.strong.max_length,
+        balance=cfg.task.balance,
+        pairwise=cfg.task.pairwise,
+        precision=cfg.trainer.precision,
+        overrides=[o for o in overrides if not o.startswith("paths.output_dir=")],
+        machine=f"{platform.machine()}, {os.cpu_count()} cores",
+        date=datetime.date.today().isoformat(),
+        **measurable(record),
+    )
     return record
 
 
@@ -132,16 +178,21 @@ def render(records: list[dict]) -> str:
     rows = []
     for r in records:
         w, c = r["weak"], r["ceiling"]
-        name = r["task"] + (" (substitute)" if r.get("about") and "substitute" in r["about"] else "") + \
-            (" (RM)" if r["pairwise"] else "")
+        name = (
+            r["task"]
+            + (" (substitute)" if r.get("about") and "substitute" in r["about"] else "")
+            + (" (RM)" if r["pairwise"] else "")
+        )
         balance = fmt_pct(r["positive_rate"]["train_a"]) + (" (bal.)" if r["balance"] else "")
         rows.append(
             f"| {name} | {r['rows']['train_a']}/{r['rows']['train_b']}/{r['rows']['val']}/{r['rows']['test']} | "
             f"{balance} | {r['tokens_mean']:.0f} / {r['tokens_p95']:.0f} | {r['max_length']} | "
             f"{fmt_pct(r['majority_rate'])} | {fmt_pct(w['val_acc'])} / {w['val_auroc']:.2f} | "
-            f"{fmt_pct(c['val_acc'])} / {c['val_auroc']:.2f} | {100 * r['val_gap']:+.1f} ± {100 * r['val_gap_noise']:.1f} | "
+            f"{fmt_pct(c['val_acc'])} / {c['val_auroc']:.2f} | "
+            f"{100 * r['val_gap']:+.1f} ± {100 * r['val_gap_noise']:.1f} | "
             f"{'**yes**' if r['measurable'] else 'no'} | {fmt_pct(w['acc'])} / {fmt_pct(c['acc'])} | "
-            f"{r['format_tokenize_seconds']:.1f} s | {w['total_seconds'] + c['total_seconds']:.0f} s |")
+            f"{r['format_tokenize_seconds']:.1f} s | {w['total_seconds'] + c['total_seconds']:.0f} s |"
+        )
     return "\n".join(rows)
 
 
@@ -159,8 +210,12 @@ def main() -> None:
             started = time.time()
             record = measure(name, args.overrides)
             (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-            print(f"{name}: weak val {fmt_pct(record['weak']['val_acc'])}, ceiling val {fmt_pct(record['ceiling']['val_acc'])}, "
-                  f"measurable: {record['measurable']} ({time.time() - started:.0f} s)", flush=True)
+            print(
+                f"{name}: weak val {fmt_pct(record['weak']['val_acc'])}, "
+                f"ceiling val {fmt_pct(record['ceiling']['val_acc'])}, "
+                f"measurable: {record['measurable']} ({time.time() - started:.0f} s)",
+                flush=True,
+            )
     records = [json.loads((out / f"{name}.json").read_text()) for name in TASKS if (out / f"{name}.json").exists()]
     table = render(records)
     page = args.docs / "tasks.md"
@@ -170,9 +225,11 @@ def main() -> None:
     print(HEADER + table)
 
 
-HEADER = ("| task | rows A/B/val/test | positive (A) | tokens mean / p95 | max_length | majority (test) "
-          "| weak val acc / AUROC | ceiling val acc / AUROC | val gap ± noise (pts) | measurable | test acc weak / ceiling "
-          "| format + tokenise | weak + ceiling stages |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+HEADER = (
+    "| task | rows A/B/val/test | positive (A) | tokens mean / p95 | max_length | majority (test) "
+    "| weak val acc / AUROC | ceiling val acc / AUROC | val gap ± noise (pts) | measurable | test acc weak / ceiling "
+    "| format + tokenise | weak + ceiling stages |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
-import w2s_lightning.config as w2s_config  # noqa: E402
-from w2s_lightning import zoo  # noqa: E402
+import w2s_lightning.config as w2s_config
+from w2s_lightning import zoo
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -71,8 +71,14 @@ def _tiny_folder(root: Path, name: str, config) -> Path:
 def tiny_bert(tmp_path_factory) -> Path:
     from transformers import BertConfig
 
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     return _tiny_folder(tmp_path_factory.getbasetemp(), "tiny-bert", config)
 
 
@@ -80,8 +86,15 @@ def tiny_bert(tmp_path_factory) -> Path:
 def tiny_llama(tmp_path_factory) -> Path:
     from transformers import LlamaConfig
 
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     return _tiny_folder(tmp_path_factory.getbasetemp(), "tiny-llama", config)
 
 
@@ -90,11 +103,25 @@ def tiny_overrides(tiny_bert: Path, tiny_llama: Path) -> list[str]:
     """A small, fast experiment: tiny BERT supervising tiny Llama on 96 SST-2 rows, with the
     offline recipe."""
     return [
-        "experiment=quickstart", "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
-        f"weak.path={tiny_bert}", "weak.name=tiny-bert", "weak.minibatch_size=16", "weak.max_length=64",
-        f"strong.path={tiny_llama}", "strong.name=tiny-llama", "strong.pooling=last", "strong.objective=causal_lm",
-        "strong.minibatch_size=16", "strong.max_length=64",
-        "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true", "trainer.log_every_n_steps=1",
+        "experiment=quickstart",
+        "task=sst2",
+        "task.n_train=96",
+        "task.n_val=16",
+        "task.n_test=64",
+        f"weak.path={tiny_bert}",
+        "weak.name=tiny-bert",
+        "weak.minibatch_size=16",
+        "weak.max_length=64",
+        f"strong.path={tiny_llama}",
+        "strong.name=tiny-llama",
+        "strong.pooling=last",
+        "strong.objective=causal_lm",
+        "strong.minibatch_size=16",
+        "strong.max_length=64",
+        "train.batch_size=16",
+        "train.epochs=1",
+        "trainer.precision=32-true",
+        "trainer.log_every_n_steps=1",
     ]
 
 
@@ -103,8 +130,30 @@ def read_wandb_run(run_dir: Path) -> dict:
     job_type, tags, name) plus the final state, summary and config."""
     wandb_cli = str(Path(sys.executable).parent / "wandb")
     inspect = [wandb_cli, "leet", "inspect", "--json"]
-    summary = json.loads(subprocess.run([*inspect, "--summary", str(run_dir)], capture_output=True, text=True,
-                                        check=True).stdout)
+    summary = json.loads(
+        subprocess.run([*inspect, "--summary", str(run_dir)], capture_output=True, text=True, check=True).stdout
+    )
     records = subprocess.run([*inspect, str(run_dir)], capture_output=True, text=True, check=True).stdout
     run_record = next(json.loads(line)["run"] for line in records.splitlines() if '"type":"run"' in line)
     return {**summary, "group": run_record.get("run_group"), "job_type": run_record.get("job_type")}
+
+
+def saved(stage: dict) -> dict:
+    """A stage's predictions per split, as its cache entry holds them (P(label=1) per row)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(stage["path"]) / "predictions.safetensors"))
+
+
+def split_labels(cfg: DictConfig):
+    """The test split's ground truth of ``cfg``'s task, as a tensor."""
+    import torch
+
+    from w2s_lightning import tasks
+
+    return torch.tensor(tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)["test"]["label"])
+
+
+def accuracy(stage: dict, labels) -> float:
+    """A stage's test accuracy recomputed from its saved predictions."""
+    return ((saved(stage)["test"] > 0.5).long() == labels).float().mean().item()

@@ -2,6 +2,7 @@ import errno
 import json
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -33,20 +34,42 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.lock"]
 
 
-def _slow_build(root: str, log: str, seconds: float = 1.0) -> None:
+def _wait_for(path: Path, lines: int) -> None:
+    while not path.exists() or len(path.read_text().splitlines()) < lines:
+        time.sleep(0.01)
+
+
+def _build_when_all_arrived(root: str, log: str, arrivals: str, expected: int) -> None:
+    """Say we arrived, then ask for the shared key. The one that builds it waits until every
+    process has arrived (and so is past its first look at the key), then builds."""
+    with open(arrivals, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
     def build(out: Path) -> None:
         with open(log, "a") as f:
             f.write(f"built by {os.getpid()}\n")
-        time.sleep(seconds)  # long enough for the others to arrive and wait on the lock
+        _wait_for(Path(arrivals), expected)
         (out / "weights").write_text("w")
 
     build_once(Path(root) / "shared-key", build)
 
 
+def _build_until_killed(root: str, log: str) -> None:
+    def build(out: Path) -> None:
+        with open(log, "a") as f:
+            f.write(f"built by {os.getpid()}\n")
+        threading.Event().wait()  # holds the lock until the test kills it
+
+    build_once(Path(root) / "shared-key", build)
+
+
 def test_four_processes_asking_for_one_key_build_it_once(tmp_path):
-    log = tmp_path / "log.txt"
+    log, arrivals = tmp_path / "log.txt", tmp_path / "arrivals.txt"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log))) for _ in range(4)]
+    procs = [
+        ctx.Process(target=_build_when_all_arrived, args=(str(tmp_path / "cache"), str(log), str(arrivals), 4))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -57,15 +80,14 @@ def test_four_processes_asking_for_one_key_build_it_once(tmp_path):
 
 
 def test_a_lock_holder_killed_mid_build_blocks_no_one(tmp_path):
-    log = tmp_path / "log.txt"
+    log, arrivals = tmp_path / "log.txt", tmp_path / "arrivals.txt"
     ctx = multiprocessing.get_context("spawn")
-    holder = ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log), 60.0))
+    holder = ctx.Process(target=_build_until_killed, args=(str(tmp_path / "cache"), str(log)))
     holder.start()
-    while not log.exists():  # it holds the lock and is building
-        time.sleep(0.05)
-    waiter = ctx.Process(target=_slow_build, args=(str(tmp_path / "cache"), str(log), 0.1))
+    _wait_for(log, 1)  # it holds the lock and is building
+    waiter = ctx.Process(target=_build_when_all_arrived, args=(str(tmp_path / "cache"), str(log), str(arrivals), 1))
     waiter.start()
-    time.sleep(2)
+    _wait_for(arrivals, 1)  # the waiter is at the lock
     holder.kill()  # SIGKILL: its lock goes with it
     waiter.join(60)
     assert waiter.exitcode == 0

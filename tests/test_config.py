@@ -8,16 +8,18 @@ import hydra
 import psutil
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conftest import CONF_DIR
-from w2s_lightning import methods, pipeline
+from w2s_lightning import methods, preflight
 from w2s_lightning.errors import ConfigError
 
 # What an option needs beside itself to make sense (a bootstrap needs rungs).
-COMPANIONS = {"method=bootstrap": ["chain=minilm_l6"], "chain=minilm_l6": ["method=bootstrap"],
-              "chain=mpnet_base": ["method=bootstrap"]}
+COMPANIONS = {
+    "method/rungs=minilm_l6": ["method=bootstrap"],
+    "method/rungs=mpnet_base": ["method=bootstrap"],
+}
 # Groups chosen through a package (model@weak) or added on top (budget): how to select an option.
 SELECTORS = {"model": ["model@weak", "model@strong"], "budget": ["+budget"]}
 
@@ -45,17 +47,38 @@ def targets(node, path="") -> list[tuple[str, DictConfig]]:
 
 def test_the_option_list_covers_every_group():
     groups = {o.split("=")[0] for o in options()}
-    assert {"task", "model@weak", "model@strong", "loss", "method", "select", "chain", "finetune", "train", "trainer",
-            "logger", "paths", "experiment", "+budget", "hydra/launcher"} <= groups
+    assert {
+        "task",
+        "model@weak",
+        "model@strong",
+        "loss",
+        "method",
+        "select",
+        "method/rungs",
+        "finetune",
+        "train",
+        "trainer",
+        "logger",
+        "paths",
+        "experiment",
+        "+budget",
+        "hydra/launcher",
+    } <= groups
 
 
 @pytest.mark.parametrize("option", options())
 def test_every_option_composes_and_instantiates(option):
     group, name = option.split("=")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[option, *COMPANIONS.get(option.lstrip("+"), []),
-                                                       "paths.output_dir=out"],  # no Hydra run: no run folder
-                      return_hydra_config=group == "hydra/launcher")
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                option,
+                *COMPANIONS.get(option.lstrip("+"), []),
+                "paths.output_dir=out",
+            ],  # no Hydra run: no run folder
+            return_hydra_config=group == "hydra/launcher",
+        )
     if group == "hydra/launcher":  # Hydra instantiates launchers itself; its class must import
         assert hydra.utils.get_class(cfg.hydra.launcher._target_)
         return
@@ -73,13 +96,13 @@ def test_every_option_composes_and_instantiates(option):
         refusal = "finetune=lora"  # the 7B rungs on this machine
     if refusal:
         with pytest.raises(ConfigError, match=refusal):
-            pipeline.check_config(cfg)
+            preflight.check_config(cfg)
     else:
-        pipeline.check_config(cfg)
+        preflight.check_config(cfg)
 
 
 def fits_in_memory(params: float) -> bool:
-    return pipeline.BYTES_PER_TRAINED_PARAMETER * params <= pipeline.MEMORY_HEADROOM * psutil.virtual_memory().total
+    return preflight.BYTES_PER_TRAINED_PARAMETER * params <= preflight.MEMORY_HEADROOM * psutil.virtual_memory().total
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora", "probe"])
@@ -87,9 +110,9 @@ def test_full_fine_tuning_that_outgrows_memory_is_refused_up_front(make_cfg, fin
     cfg = make_cfg("model@strong=qwen25_coder_15b", f"finetune={finetune}")
     if finetune == "full" and not fits_in_memory(cfg.strong.params):
         with pytest.raises(ConfigError, match=r"qwen25_coder_15b.*about 23.0 GiB per device.*finetune=lora"):
-            pipeline.check_config(cfg)
+            preflight.check_config(cfg)
     else:  # frozen backbones, or a machine with room for 1.5B parameters and their AdamW state
-        pipeline.check_config(cfg)
+        preflight.check_config(cfg)
 
 
 def test_a_model_yaml_holds_only_what_differs_from_the_schema():
@@ -99,18 +122,20 @@ def test_a_model_yaml_holds_only_what_differs_from_the_schema():
         assert {"name", "path", "family", "params", "pooling", "objective"} <= set(model), path.name
 
 
-@pytest.mark.parametrize("change,complaint", [
-    ({"lr": "fast"}, "lr"),                     # a value of the wrong type
-    ({"learning_rate": 1e-5}, "learning_rate"),  # a key the schema does not know (a typo)
-    ({"params": None}, "params"),               # a required value left out
-])
+@pytest.mark.parametrize(
+    "change,complaint",
+    [
+        ({"lr": "fast"}, "lr"),  # a value of the wrong type
+        ({"learning_rate": 1e-5}, "learning_rate"),  # a key the schema does not know (a typo)
+        ({"params": None}, "params"),  # a required value left out
+    ],
+)
 def test_the_model_schema_refuses_a_bad_model_yaml_when_composing(tmp_path, change, complaint):
     (tmp_path / "model").mkdir()
     model = OmegaConf.merge(OmegaConf.load(Path(CONF_DIR, "model", "minilm_l3.yaml")), change)
     (tmp_path / "model" / "broken.yaml").write_text(OmegaConf.to_yaml(model))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        with pytest.raises(Exception, match=complaint):
-            compose(config_name="config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "model@strong=broken"])
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(Exception, match=complaint):
+        compose(config_name="config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "model@strong=broken"])
 
 
 def test_no_preset_is_applied_unless_named():

@@ -31,8 +31,14 @@ class Lengths(TaskDataModule):
     """A datamodule whose rows have the given token lengths (nothing to tokenise)."""
 
     def __init__(self, lengths):
-        super().__init__(splits=None, tokenizer=None, train_split="test", predict_splits=["test"],
-                         minibatch_size=2, eval_batch_size=2)
+        super().__init__(
+            splits=None,
+            tokenizer=None,
+            train_split="test",
+            predict_splits=["test"],
+            minibatch_size=2,
+            eval_batch_size=2,
+        )
         self.prepared = {"test": datasets.Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})}
 
 
@@ -63,6 +69,6 @@ def test_ranks_share_micro_batches_as_one_device_accumulates_them():
     shares = [list(RankShare(batches, rank, 2)) for rank in (0, 1)]
     assert shares == [[[0], [2], [4], [6]], [[1], [3], [5], [0]]]  # as many each; rank 1 repeats the first
     # Two ranks accumulating 2 micro-batches each see, per step, the 4 a single device accumulates.
-    steps = [sorted(shares[0][2 * k:2 * k + 2] + shares[1][2 * k:2 * k + 2]) for k in range(2)]
+    steps = [sorted(shares[0][2 * k : 2 * k + 2] + shares[1][2 * k : 2 * k + 2]) for k in range(2)]
     assert steps == [[[0], [1], [2], [3]], [[0], [4], [5], [6]]]
     assert share_of(batches, 0, 1) is batches  # one device: the sampler itself, unchanged

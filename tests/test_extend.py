@@ -39,12 +39,26 @@ def test_a_method_added_as_one_function_and_one_yaml_runs_through_run_py(tmp_pat
     (tmp_path / "conf" / "method").mkdir(parents=True)
     (tmp_path / "conf" / "method" / "reversed.yaml").write_text(TOY_YAML)
     before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "W2S_CACHE_DIR": str(tmp_path / "cache"),
-           "WANDB_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "W2S_CACHE_DIR": str(tmp_path / "cache"),
+        "WANDB_MODE": "disabled",
+    }
     done = subprocess.run(
-        [sys.executable, "run.py", "method=reversed", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-         f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "run.py",
+            "method=reversed",
+            f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *tiny_overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -13,7 +13,7 @@ def logits_for(p1: list[float]) -> torch.Tensor:
 
 
 def bce(p1: list[float], targets: list[float]) -> float:
-    return sum(-(t * math.log(p) + (1 - t) * math.log(1 - p)) for p, t in zip(p1, targets)) / len(p1)
+    return sum(-(t * math.log(p) + (1 - t) * math.log(1 - p)) for p, t in zip(p1, targets, strict=True)) / len(p1)
 
 
 P1 = [0.9, 0.2, 0.6, 0.4]
@@ -30,7 +30,7 @@ def test_aux_conf_by_hand():
     # step_frac 0.1 of a 0.2 warm-up -> alpha = 0.5 * 0.5 = 0.25.
     weak = [1.0, 0.0, 0.0, 1.0]
     loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2, window=4)(logits_for(P1), torch.tensor(weak), 0.1)
-    target = [0.75 * w + 0.25 * h for w, h in zip(weak, [1, 0, 1, 0])]
+    target = [0.75 * w + 0.25 * h for w, h in zip(weak, [1, 0, 1, 0], strict=True)]
     assert target == [1.0, 0.0, 0.25, 0.75]
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
 
@@ -61,7 +61,7 @@ def test_aux_conf_under_gradient_accumulation_matches_the_full_batch():
 
 def test_product_loss_by_hand():
     weak = [0.8, 0.1, 0.5, 0.3]
-    target = [(p * w) / (p * w + (1 - p) * (1 - w)) for p, w in zip(P1, weak)]
+    target = [(p * w) / (p * w + (1 - p) * (1 - w)) for p, w in zip(P1, weak, strict=True)]
     loss = ProductLoss(alpha=1.0, beta=1.0)(logits_for(P1), torch.tensor(weak), 0.0)
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
 
@@ -69,15 +69,15 @@ def test_product_loss_by_hand():
 def test_aux_conf_soft_mixes_in_the_students_own_probabilities():
     weak = [1.0, 0.0, 0.0, 1.0]
     loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2, window=4, hard=False)(logits_for(P1), torch.tensor(weak), 0.1)
-    target = [0.75 * w + 0.25 * p for w, p in zip(weak, P1)]  # alpha 0.25, student P1 unhardened
+    target = [0.75 * w + 0.25 * p for w, p in zip(weak, P1, strict=True)]  # alpha 0.25, student P1 unhardened
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
 
 
 def test_adaptive_conf_by_hand():
-    weak = [0.8, 0.7, 0.1, 0.4]   # hard weak labels [1, 1, 0, 0]; student argmax [1, 0, 1, 0]
+    weak = [0.8, 0.7, 0.1, 0.4]  # hard weak labels [1, 1, 0, 0]; student argmax [1, 0, 1, 0]
     loss = AdaptiveConfLoss(temperature=2.0, warmup_frac=0.5)(logits_for(P1), torch.tensor(weak), 0.25)
     expected = 0.0
-    for p, w in zip(P1, weak):
+    for p, w in zip(P1, weak, strict=True):
         own = 1 if p > 0.5 else 0
         ce_self = -math.log(p if own else 1 - p)
         ce_weak = -math.log(p if w > 0.5 else 1 - p)

@@ -8,7 +8,7 @@ from w2s_lightning.metrics import agreement, evaluate, gap_noise, pgr, pgr_statu
 
 def test_pgr_regular_and_out_of_range():
     assert pgr(0.6, 0.7, 0.8) == pytest.approx(0.5)
-    assert pgr(0.6, 0.9, 0.8) == pytest.approx(1.5)   # transfer beats the ceiling
+    assert pgr(0.6, 0.9, 0.8) == pytest.approx(1.5)  # transfer beats the ceiling
     assert pgr(0.6, 0.5, 0.8) == pytest.approx(-0.5)  # transfer falls below the weak model
 
 
@@ -34,7 +34,7 @@ def test_ece_by_hand():
 def test_agreement_overall_and_where_the_supervisor_is_wrong():
     labels = torch.tensor([1, 1, 0, 0])
     supervisor = torch.tensor([0.9, 0.2, 0.7, 0.1])  # wrong on examples 1 and 2
-    student = torch.tensor([0.8, 0.3, 0.2, 0.4])     # copies the mistake on 1, fixes 2
+    student = torch.tensor([0.8, 0.3, 0.2, 0.4])  # copies the mistake on 1, fixes 2
     scores = agreement(student, supervisor, labels)
     assert scores == {"agreement": pytest.approx(0.75), "agreement_where_supervisor_wrong": pytest.approx(0.5)}
     perfect = agreement(student, labels.float(), labels)

@@ -62,4 +62,6 @@ def test_unknown_pooling_and_missing_model_are_clear_errors(tiny_bert, tmp_path)
     with pytest.raises(ModelError, match="zoo models.*minilm_l3"):
         load_classifier(OmegaConf.create({"name": "x", "path": "zoo:gpt5", "pooling": "last"}), str(tmp_path))
     with pytest.raises(ModelError, match="model 'nohub'.*cannot load 'org/not-a-model'"):
-        load_classifier(OmegaConf.create({"name": "nohub", "path": "org/not-a-model", "pooling": "last"}), str(tmp_path))
+        load_classifier(
+            OmegaConf.create({"name": "nohub", "path": "org/not-a-model", "pooling": "last"}), str(tmp_path)
+        )

@@ -30,11 +30,23 @@ def predictions(stage: dict) -> dict:
 def test_a_stage_on_two_ddp_ranks_predicts_every_row_once_as_one_device_does(make_cfg, tiny_overrides, tmp_path):
     # Batches of 16 in micro-batches of 8: one device accumulates two, each of two ranks one.
     # Odd val and test splits: one rank predicts a copy of a row, which must not count.
-    overrides = [*tiny_overrides, "weak.minibatch_size=8", "strong.minibatch_size=8", "task.n_val=15",
-                 "task.n_test=63", "select=weak_val"]  # the transfer keeps its best checkpoint on val
+    overrides = [
+        *tiny_overrides,
+        "weak.minibatch_size=8",
+        "strong.minibatch_size=8",
+        "task.n_val=15",
+        "task.n_test=63",
+        "select=weak_val",
+    ]  # the transfer keeps its best checkpoint on val
     one = pipeline.run(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'one'}"))
-    ddp = make_cfg(*overrides, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                   f"paths.output_dir={tmp_path / 'ddp'}", "logger.mode=offline")
+    ddp = make_cfg(
+        *overrides,
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        f"paths.output_dir={tmp_path / 'ddp'}",
+        "logger.mode=offline",
+    )
     two = pipeline.run(ddp)
     worst = 0.0
     for role in ("weak", "ceiling", "transfer"):
@@ -45,29 +57,41 @@ def test_a_stage_on_two_ddp_ranks_predicts_every_row_once_as_one_device_does(mak
             assert spread[split].shape == values.shape  # every row once: none missing, none repeated
             worst = max(worst, float((spread[split] - values).abs().max()))
     assert two["stages"]["transfer"]["selected_step"] == one["stages"]["transfer"]["selected_step"]
-    print(f"largest difference in P(label=1), two ranks against one device: {worst:.2e}; transfer selected step "
-          f"{two['stages']['transfer']['selected_step']}")
+    print(
+        f"largest difference in P(label=1), two ranks against one device: {worst:.2e}; transfer selected step "
+        f"{two['stages']['transfer']['selected_step']}"
+    )
     assert worst < TOLERANCE
     # Rank 0 alone published: one entry per stage, no scratch folder of rank 1 left, one results.json,
     # and W&B runs of rank 0 only (one per trained stage and the summary).
     stage_dir = Path(ddp.paths.stage_dir)
     assert not list(stage_dir.glob(".tmp-*"))
-    assert json.loads((tmp_path / "ddp" / "results.json").read_text())["stages"]["transfer"]["key"] == \
-        two["stages"]["transfer"]["key"]
+    assert (
+        json.loads((tmp_path / "ddp" / "results.json").read_text())["stages"]["transfer"]["key"]
+        == two["stages"]["transfer"]["key"]
+    )
     runs = sorted(p.name for p in (Path(ddp.logger.dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 4, runs
 
 
 def rank_processes(leader: psutil.Process) -> list[psutil.Process]:
-    return [p for p in leader.children(recursive=True) if "w2s_lightning.parallel" in " ".join(p.cmdline())]
+    return [p for p in leader.children(recursive=True) if "w2s_lightning.rank" in " ".join(p.cmdline())]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["rank 0", "rank 1"])
 def test_a_killed_rank_leaves_no_partial_entry_and_the_rerun_completes(tiny_overrides, tmp_path, victim):
-    command = [sys.executable, "run.py", f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides,
-               "weak.minibatch_size=8", "strong.minibatch_size=8", "trainer.devices=2", "trainer.strategy=ddp",
-               "logger.mode=disabled"]
+    command = [
+        sys.executable,
+        "run.py",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *tiny_overrides,
+        "weak.minibatch_size=8",
+        "strong.minibatch_size=8",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "logger.mode=disabled",
+    ]
     env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache")}
     stage_dir = tmp_path / "cache" / "stages"
     leader = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

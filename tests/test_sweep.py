@@ -12,16 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF_DIR, read_wandb_run
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF_DIR, read_wandb_run
 from w2s_lightning import parallel, report, tables
 from w2s_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZES = [
-    "experiment=quickstart", "task=sst2", "task.n_train=96", "task.n_val=16", "task.n_test=64",
-    "train.batch_size=16", "train.epochs=1", "trainer.precision=32-true",
+    "experiment=quickstart",
+    "task=sst2",
+    "task.n_train=96",
+    "task.n_val=16",
+    "task.n_test=64",
+    "train.batch_size=16",
+    "train.epochs=1",
+    "trainer.precision=32-true",
 ]
 MODEL_YAML = """defaults:
   - model_schema
@@ -44,24 +50,36 @@ def tiny_ladder_conf(tmp_path_factory, tiny_bert, tiny_llama) -> Path:
     """An extra config folder with three tiny models as a ladder: tiny_a < tiny_b < tiny_c."""
     conf = tmp_path_factory.mktemp("tiny-conf")
     (conf / "model").mkdir()
-    for name, path, params, pooling in [("tiny_a", tiny_bert, 1e6, "mean"), ("tiny_b", tiny_llama, 2e6, "last"),
-                                        ("tiny_c", tiny_llama, 3e6, "mean")]:
+    for name, path, params, pooling in [
+        ("tiny_a", tiny_bert, 1e6, "mean"),
+        ("tiny_b", tiny_llama, 2e6, "last"),
+        ("tiny_c", tiny_llama, 3e6, "mean"),
+    ]:
         objective = "causal_lm" if pooling == "last" else "masked_lm"
-        (conf / "model" / f"{name}.yaml").write_text(MODEL_YAML.format(name=name, path=path, params=params,
-                                                                      pooling=pooling, objective=objective))
+        (conf / "model" / f"{name}.yaml").write_text(
+            MODEL_YAML.format(name=name, path=path, params=params, pooling=pooling, objective=objective)
+        )
     return conf
 
 
 def run_py(cache: Path, *args: str, wandb_mode: str = "disabled", timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "W2S_CACHE_DIR": str(cache), "WANDB_MODE": wandb_mode, "WANDB_SILENT": "true"}
-    result = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return result
 
 
 def multirun(conf: Path, sweep_dir: Path, cache: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
-    return run_py(cache, "-m", f"hydra.searchpath=[file://{conf}]", f"hydra.sweep.dir={sweep_dir}",
-                  *TINY_SIZES, *overrides, **kwargs)
+    return run_py(
+        cache,
+        "-m",
+        f"hydra.searchpath=[file://{conf}]",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY_SIZES,
+        *overrides,
+        **kwargs,
+    )
 
 
 def job_results(sweep_dir: Path) -> list[dict]:
@@ -73,8 +91,15 @@ def ladder_sweep(tmp_path_factory, tiny_ladder_conf):
     """One real multirun: 3 models x 3 models x 2 losses, W&B offline."""
     root = tmp_path_factory.mktemp("ladder")
     sweep_dir = root / "sweep"
-    done = multirun(tiny_ladder_conf, sweep_dir, root / "cache", "model@weak=tiny_a,tiny_b,tiny_c",
-                    "model@strong=tiny_a,tiny_b,tiny_c", "loss=xent,aux_conf", wandb_mode="offline")
+    done = multirun(
+        tiny_ladder_conf,
+        sweep_dir,
+        root / "cache",
+        "model@weak=tiny_a,tiny_b,tiny_c",
+        "model@strong=tiny_a,tiny_b,tiny_c",
+        "loss=xent,aux_conf",
+        wandb_mode="offline",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir, done.stdout + done.stderr
 
@@ -87,7 +112,10 @@ def test_ladder_sweep_trains_each_ground_truth_model_once(ladder_sweep):
     skipped = [json.loads(p.read_text()) for p in sweep_dir.glob("*/skipped.json")]
     # 3 pairs with weak < strong, each under 2 losses; the 3 same-size and 3 weak-larger pairs skipped.
     assert sorted({(r["weak_model"], r["strong_model"]) for r in results}) == [
-        ("tiny_a", "tiny_b"), ("tiny_a", "tiny_c"), ("tiny_b", "tiny_c")]
+        ("tiny_a", "tiny_b"),
+        ("tiny_a", "tiny_c"),
+        ("tiny_b", "tiny_c"),
+    ]
     assert len(results) == 6 and len(skipped) == 12
     assert {s["weak_model"] for s in skipped if "larger" in s["skipped"]} == {"tiny_b", "tiny_c"}
     trained = [(role, s["model"]) for r in results for role, s in r["stages"].items() if not s["reused"]]
@@ -96,13 +124,21 @@ def test_ladder_sweep_trains_each_ground_truth_model_once(ladder_sweep):
     assert sum(role == "transfer" for role, _ in trained) == 6  # one per pair and loss
     for model in ("tiny_a", "tiny_b", "tiny_c"):
         assert log.count(f"training {model} on ground truth") == 1
+    # The first job planned the sweep, and the plan was what the sweep then trained.
+    assert "plan: 18 jobs (12 skipped), 9 stages to train" in log
+    assert "job 1/18 done" in log and "job 18/18 done, " in log
 
 
 @pytest.mark.slow
 def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep, tmp_path):
     sweep_dir, _ = ladder_sweep
-    done = run_py(tmp_path / "cache", "command=report", f"report.dir={sweep_dir}", f"hydra.run.dir={tmp_path / 'run'}",
-                  wandb_mode="offline")
+    done = run_py(
+        tmp_path / "cache",
+        "command=report",
+        f"report.dir={sweep_dir}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        wandb_mode="offline",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = sweep_dir / "report"
     with open(out / "summary.csv") as f:
@@ -131,8 +167,21 @@ def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep,
     assert logged["summary"]["transfer_stages_used"] == 6
 
     # The module entry point writes the same summary without Hydra.
-    cli = subprocess.run([sys.executable, "-m", "w2s_lightning.report", str(sweep_dir), "--out", str(tmp_path / "cli"),
-                          "--wandb-mode", "disabled"], capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2s_lightning.report",
+            str(sweep_dir),
+            "--out",
+            str(tmp_path / "cli"),
+            "--wandb-mode",
+            "disabled",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert (tmp_path / "cli" / "summary.csv").read_text() == (out / "summary.csv").read_text()
 
@@ -162,16 +211,28 @@ def test_paper_figures_notebook_draws_from_a_results_folder(ladder_sweep, monkey
     notebook = nbformat.read(ROOT / "notebooks" / "paper_figures.ipynb", as_version=4)
     monkeypatch.setenv("W2S_RESULTS", str(sweep_dir))  # the kernel inherits it
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
-              if "image/png" in o.get("data", {})]
+    images = [
+        o
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
     assert len(images) == 2  # the accuracy figure of sst2 and the PGR bars
 
 
 @pytest.mark.slow
 def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_conf, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=local_parallel",
-                    "model@weak=tiny_a", "model@strong=tiny_b", "loss=xent,aux_conf")
+    done = multirun(
+        tiny_ladder_conf,
+        sweep_dir,
+        tmp_path / "cache",
+        "hydra/launcher=local_parallel",
+        "model@weak=tiny_a",
+        "model@strong=tiny_b",
+        "loss=xent,aux_conf",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
     results = job_results(sweep_dir)
@@ -182,16 +243,25 @@ def test_parallel_jobs_share_the_weak_model_through_the_cache_lock(tiny_ladder_c
         assert results[0]["stages"][role]["key"] == results[1]["stages"][role]["key"]
         assert results[0]["stages"][role]["acc"] == results[1]["stages"][role]["acc"]
     assert not any(r["stages"]["transfer"]["reused"] for r in results)
-    stage_dirs = [p.name for p in (tmp_path / "cache" / "stages").iterdir() if not p.name.endswith(".lock")
-                  and not p.name.startswith(".")]  # .resume: in-progress checkpoints (none left)
+    stage_dirs = [
+        p.name
+        for p in (tmp_path / "cache" / "stages").iterdir()
+        if not p.name.endswith(".lock") and not p.name.startswith(".")
+    ]  # .resume: in-progress checkpoints (none left)
     assert sorted(name.split("-")[0] for name in stage_dirs) == ["gt", "gt", "transfer", "transfer"]
 
 
 @pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_rest_of_the_sweep(tiny_ladder_conf, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "model@weak=tiny_a", "model@strong=tiny_b",
-                    "strong.pooling=max,last")
+    done = multirun(
+        tiny_ladder_conf,
+        sweep_dir,
+        tmp_path / "cache",
+        "model@weak=tiny_a",
+        "model@strong=tiny_b",
+        "strong.pooling=max,last",
+    )
     assert done.returncode != 0  # the sweep reports the failure at the end
     assert "error: pooling='max' is unknown" in done.stderr
     (result,) = job_results(sweep_dir)  # ... but the job after the failed one ran
@@ -211,14 +281,20 @@ def test_paper_nlp_preset_composes_a_gpt2_and_qwen_ladder_on_five_tasks():
         assert cfg.train.batch_size == 32 and cfg.train.epochs == 2
         assert cfg.task.n_train == 20000 and cfg.task.n_test == 10000 and cfg.trainer.accelerator == "gpu"
         for model in models:  # every rung is a model config that composes
-            assert compose(config_name="config", overrides=["experiment=paper_nlp", f"model@strong={model}"]).strong.name == model
+            assert (
+                compose(config_name="config", overrides=["experiment=paper_nlp", f"model@strong={model}"]).strong.name
+                == model
+            )
         lora = compose(config_name="config", overrides=["experiment=paper_nlp_lora"], return_hydra_config=True)
         lora_models = lora.hydra.sweeper.params["model@weak"].split(",")
         assert lora.finetune.name == "lora" and lora_models == [*models, "qwen2.5-7b"]  # 7B fits one GPU with LoRA
         assert lora.hydra.sweeper.params["task"] == params["task"]
         # The 7B students, fully fine-tuned: sharded over 4 GPUs, 4 Slurm tasks per job.
-        big = compose(config_name="config", overrides=["experiment=paper_nlp_7b", "hydra/launcher=slurm"],
-                      return_hydra_config=True)
+        big = compose(
+            config_name="config",
+            overrides=["experiment=paper_nlp_7b", "hydra/launcher=slurm"],
+            return_hydra_config=True,
+        )
         assert big.hydra.sweeper.params["model@strong"] == "qwen2.5-7b"
         assert big.trainer.devices == 4 and parallel.shards_states(big) and big.trainer.precision == "bf16-mixed"
         assert big.hydra.launcher.tasks_per_node == 4 and big.hydra.launcher.gpus_per_node == 4
@@ -248,8 +324,16 @@ def test_submitit_jobs_that_need_one_stage_train_it_once(tiny_ladder_conf, tmp_p
     """hydra/launcher=submitit_local: submitit's own job processes, as on Slurm, all started at
     once; both jobs need the same weak and ceiling stages."""
     sweep_dir = tmp_path / "sweep"
-    done = multirun(tiny_ladder_conf, sweep_dir, tmp_path / "cache", "hydra/launcher=submitit_local",
-                    "hydra.launcher.cpus_per_task=1", "model@weak=tiny_a", "model@strong=tiny_b", "loss=xent,aux_conf")
+    done = multirun(
+        tiny_ladder_conf,
+        sweep_dir,
+        tmp_path / "cache",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "model@weak=tiny_a",
+        "model@strong=tiny_b",
+        "loss=xent,aux_conf",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit's own record of each job
     assert all(set(r["stages"]) == {"weak", "ceiling", "transfer"} for r in job_results(sweep_dir))
@@ -268,11 +352,27 @@ def test_two_sweeps_on_one_cache_and_a_report_reading_one_as_it_runs(tiny_ladder
     cache = tmp_path / "cache"
     env = {**os.environ, "W2S_CACHE_DIR": str(cache), "WANDB_MODE": "disabled"}
     sweeps = [tmp_path / "first", tmp_path / "second"]
-    running = [subprocess.Popen([sys.executable, "run.py", "-m", f"hydra.searchpath=[file://{tiny_ladder_conf}]",
-                                 f"hydra.sweep.dir={sweep}", *TINY_SIZES, "model@weak=tiny_a", "model@strong=tiny_b",
-                                 f"loss={losses}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-               for sweep, losses in zip(sweeps, ("xent,aux_conf", "aux_conf,xent"))]
+    running = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "run.py",
+                "-m",
+                f"hydra.searchpath=[file://{tiny_ladder_conf}]",
+                f"hydra.sweep.dir={sweep}",
+                *TINY_SIZES,
+                "model@weak=tiny_a",
+                "model@strong=tiny_b",
+                f"loss={losses}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for sweep, losses in zip(sweeps, ("xent,aux_conf", "aux_conf,xent"), strict=True)
+    ]
     reads = 0
     while any(p.poll() is None for p in running):
         try:

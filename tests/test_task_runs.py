@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import saved
 from safetensors.torch import load_file
-
-from w2s_lightning import pipeline
-
 from test_sweep import multirun
 from test_task_suite import LOCAL, REWARD
+
+from w2s_lightning import pipeline
 
 pytestmark = pytest.mark.slow
 TASKS = LOCAL + REWARD
@@ -23,10 +23,25 @@ def every_task(tmp_path_factory, tiny_bert, tiny_llama) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("every-task")
     sweep_dir = root / "sweep"
     # One optimizer step per stage; 64 tokens per text keeps MultiRC's and QuAIL's passages cheap.
-    done = multirun(root, sweep_dir, root / "cache", f"task={','.join(TASKS)}", "task.n_train=64", "task.n_val=16",
-                    "task.n_test=32", "train.batch_size=32", f"weak.path={tiny_bert}", "weak.name=tiny-bert",
-                    f"strong.path={tiny_llama}", "strong.name=tiny-llama", "strong.pooling=last",
-                    "strong.objective=causal_lm", "weak.max_length=64", "strong.max_length=64", timeout=900)
+    done = multirun(
+        root,
+        sweep_dir,
+        root / "cache",
+        f"task={','.join(TASKS)}",
+        "task.n_train=64",
+        "task.n_val=16",
+        "task.n_test=32",
+        "train.batch_size=32",
+        f"weak.path={tiny_bert}",
+        "weak.name=tiny-bert",
+        f"strong.path={tiny_llama}",
+        "strong.name=tiny-llama",
+        "strong.pooling=last",
+        "strong.objective=causal_lm",
+        "weak.max_length=64",
+        "strong.max_length=64",
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
     return {r["task"]: r for r in results}
@@ -37,9 +52,12 @@ def test_every_offline_task_runs_through_run_py(every_task, task):
     results = every_task[task]
     stages = results["stages"]
     assert set(stages) == {"weak", "ceiling", "transfer"}
-    for stage in stages.values():
-        assert 0.0 <= stage["acc"] <= 1.0 and "auroc" in stage
-    assert results["n_test"] == min(32, results["class_balance"]["test"]["rows"])
+    n_test = results["n_test"]
+    assert n_test == min(32, results["class_balance"]["test"]["rows"])
+    for stage in stages.values():  # scored on the test rows the stage predicted, one each
+        predictions = saved(stage)["test"]
+        assert len(predictions) == n_test and ((predictions > 0) & (predictions < 1)).all()
+        assert stage["acc"] * n_test == pytest.approx(round(stage["acc"] * n_test)) and "auroc" in stage
     assert "pgr" in results
 
 
@@ -54,8 +72,9 @@ def test_a_reward_model_trains_on_pairs_and_hands_on_pair_probabilities(every_ta
 
 
 def test_generative_fine_tuning_runs_on_reward_modelling(make_cfg, tiny_overrides):
-    cfg = make_cfg(*tiny_overrides, "task=hh_harmless", "method=generative", "task.n_train=32", "task.n_val=8",
-                   "task.n_test=16")
+    cfg = make_cfg(
+        *tiny_overrides, "task=hh_harmless", "method=generative", "task.n_train=32", "task.n_val=8", "task.n_test=16"
+    )
     results = pipeline.run(cfg)
     assert {"generative", "weak", "ceiling", "transfer"} <= set(results["stages"])
     assert results["config"]["task"]["pairwise"] is True

@@ -24,12 +24,49 @@ from w2s_lightning.models import Classifier, pair_logits
 ROOT = Path(__file__).resolve().parents[1]
 REGISTERED = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml"))
 # The paper's 22 NLP datasets (as EleutherAI's registry names them), by our task names.
-PAPER_22 = ["boolq", "cosmos_qa", "dream", "ethics_justice", "ethics_deontology", "ethics_virtue",
-            "ethics_utilitarianism", "anli_r2", "cola", "sst2", "hellaswag", "mc_taco", "openbookqa", "paws",
-            "quail", "piqa", "quartz", "sciq", "social_i_qa", "multirc", "wic", "twitter_sentiment"]
+PAPER_22 = [
+    "boolq",
+    "cosmos_qa",
+    "dream",
+    "ethics_justice",
+    "ethics_deontology",
+    "ethics_virtue",
+    "ethics_utilitarianism",
+    "anli_r2",
+    "cola",
+    "sst2",
+    "hellaswag",
+    "mc_taco",
+    "openbookqa",
+    "paws",
+    "quail",
+    "piqa",
+    "quartz",
+    "sciq",
+    "social_i_qa",
+    "multirc",
+    "wic",
+    "twitter_sentiment",
+]
 # Tasks with a folder in ../shared/data (tweet_eval_sentiment stands in for twitter_sentiment).
-LOCAL = ["sciq", "boolq", "sst2", "dream", "ethics_deontology", "ethics_virtue", "ethics_utilitarianism", "cola",
-         "multirc", "wic", "hellaswag", "quail", "piqa", "social_i_qa", "anli_r2", "tweet_eval_sentiment"]
+LOCAL = [
+    "sciq",
+    "boolq",
+    "sst2",
+    "dream",
+    "ethics_deontology",
+    "ethics_virtue",
+    "ethics_utilitarianism",
+    "cola",
+    "multirc",
+    "wic",
+    "hellaswag",
+    "quail",
+    "piqa",
+    "social_i_qa",
+    "anli_r2",
+    "tweet_eval_sentiment",
+]
 REWARD = ["hh_harmless", "hh_helpful", "hh"]
 SMALL = ["task.n_train=200", "task.n_val=20", "task.n_test=100"]
 
@@ -76,7 +113,8 @@ from w2s_lightning import tasks
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     task = compose(config_name="config", overrides=sys.argv[3:]).task
 splits = tasks.load_splits(task, sys.argv[2], seed=1)
-print(hashlib.sha256(json.dumps({k: [list(v["text"]), list(v["label"])] for k, v in splits.items()}).encode()).hexdigest())
+rows = {k: [list(v["text"]), list(v["label"])] for k, v in splits.items()}
+print(hashlib.sha256(json.dumps(rows).encode()).hexdigest())
 """
 
 
@@ -84,9 +122,15 @@ def test_a_cut_source_gives_the_same_splits_in_another_process(make_cfg, data_di
     # tweet_eval_sentiment: one file cut in two, a class left out, the rest balanced.
     overrides = ["task=tweet_eval_sentiment", *SMALL]
     splits = tasks.load_splits(make_cfg(*overrides).task, data_dir, seed=1)
-    here = hashlib.sha256(json.dumps({k: [list(v["text"]), list(v["label"])] for k, v in splits.items()}).encode()).hexdigest()
-    there = subprocess.run([sys.executable, "-c", SPLITS_DIGEST, str(ROOT / "conf"), data_dir, *overrides],
-                           capture_output=True, text=True, check=True).stdout.split()[-1]
+    here = hashlib.sha256(
+        json.dumps({k: [list(v["text"]), list(v["label"])] for k, v in splits.items()}).encode()
+    ).hexdigest()
+    there = subprocess.run(
+        [sys.executable, "-c", SPLITS_DIGEST, str(ROOT / "conf"), data_dir, *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
     assert here == there
 
 
@@ -106,6 +150,7 @@ def test_single_source_cuts_are_disjoint_and_ignore_the_seed(name, make_cfg, dat
 # Nothing in a text may reveal its label but the content being judged. A formatter follows one
 # of three conventions (formatters.py); each has its check.
 
+
 def first_rows(data_dir: str, name: str, n: int = 25) -> list[dict]:
     folder = Path(data_dir) / name
     path = sorted(folder.glob("*.jsonl"))[0]
@@ -120,24 +165,46 @@ HUB_ROWS = {
     "paws": [{"sentence1": "A is B.", "sentence2": "B is A.", "label": 1}],
     "twitter_sentiment": [{"text": "love it", "label": 1}],
     "amazon_polarity": [{"title": "Great", "content": "works well", "label": 1}],
-    "openbookqa": [{"question_stem": "The sun is a", "answerKey": "B",
-                    "choices": {"text": ["planet", "star", "moon", "comet"], "label": ["A", "B", "C", "D"]}}],
-    "quartz": [{"para": "More heat, more melting.", "question": "Hotter ice melts", "answerKey": "A",
-                "choices": {"text": ["faster", "slower"], "label": ["A", "B"]}}],
-    "cosmos_qa": [{"context": "c", "question": "q", "label": 1, "answer0": "a", "answer1": "b", "answer2": "d",
-                   "answer3": "e"}],
+    "openbookqa": [
+        {
+            "question_stem": "The sun is a",
+            "answerKey": "B",
+            "choices": {"text": ["planet", "star", "moon", "comet"], "label": ["A", "B", "C", "D"]},
+        }
+    ],
+    "quartz": [
+        {
+            "para": "More heat, more melting.",
+            "question": "Hotter ice melts",
+            "answerKey": "A",
+            "choices": {"text": ["faster", "slower"], "label": ["A", "B"]},
+        }
+    ],
+    "cosmos_qa": [
+        {"context": "c", "question": "q", "label": 1, "answer0": "a", "answer1": "b", "answer2": "d", "answer3": "e"}
+    ],
 }
 NATIVE = {  # the label column, and a value of the other class
-    "sst2": ("label", lambda v: 1 - v), "boolq": ("answer", lambda v: not v), "cola": ("label", lambda v: 1 - v),
-    "wic": ("label", lambda v: 1 - v), "multirc": ("label", lambda v: 1 - v),
-    "ethics_deontology": ("label", lambda v: 1 - v), "ethics_virtue": ("label", lambda v: 1 - v),
-    "ethics_justice": ("label", lambda v: 1 - v), "mc_taco": ("label", lambda v: 1 - v),
-    "paws": ("label", lambda v: 1 - v), "twitter_sentiment": ("label", lambda v: 1 - v),
-    "amazon_polarity": ("label", lambda v: 1 - v), "anli_r2": ("label", lambda v: (v + 1) % 3),
+    "sst2": ("label", lambda v: 1 - v),
+    "boolq": ("answer", lambda v: not v),
+    "cola": ("label", lambda v: 1 - v),
+    "wic": ("label", lambda v: 1 - v),
+    "multirc": ("label", lambda v: 1 - v),
+    "ethics_deontology": ("label", lambda v: 1 - v),
+    "ethics_virtue": ("label", lambda v: 1 - v),
+    "ethics_justice": ("label", lambda v: 1 - v),
+    "mc_taco": ("label", lambda v: 1 - v),
+    "paws": ("label", lambda v: 1 - v),
+    "twitter_sentiment": ("label", lambda v: 1 - v),
+    "amazon_polarity": ("label", lambda v: 1 - v),
+    "anli_r2": ("label", lambda v: (v + 1) % 3),
     "tweet_eval_sentiment": ("label", lambda v: 2 - v),
 }
-ORDER = {"ethics_utilitarianism": ("baseline", "less_pleasant"), "hh_harmless": ("chosen", "rejected"),
-         "anthropic_hh": ("chosen", "rejected")}
+ORDER = {
+    "ethics_utilitarianism": ("baseline", "less_pleasant"),
+    "hh_harmless": ("chosen", "rejected"),
+    "anthropic_hh": ("chosen", "rejected"),
+}
 
 
 def strings_of(row: dict) -> list[str]:
@@ -169,7 +236,7 @@ def differing_middles(a: str, b: str) -> tuple[str, str]:
     end = 0
     while end < min(len(a), len(b)) - start and a[-1 - end] == b[-1 - end]:
         end += 1
-    return a[start:len(a) - end], b[start:len(b) - end]
+    return a[start : len(a) - end], b[start : len(b) - end]
 
 
 LEAKAGE_TASKS = sorted(set(LOCAL + REWARD + list(HUB_ROWS) + ["anthropic_hh"]))
@@ -179,8 +246,13 @@ LEAKAGE_TASKS = sorted(set(LOCAL + REWARD + list(HUB_ROWS) + ["anthropic_hh"]))
 def test_no_formatter_leaks_its_label(name, make_cfg, data_dir):
     task = make_cfg(f"task={name}").task
     fmt = formatters.FORMATTERS[task.formatter]
-    folder = "anthropic_hh" if name in ("hh_harmless", "hh", "anthropic_hh") else \
-        "anthropic_hh_helpful" if name == "hh_helpful" else name
+    folder = (
+        "anthropic_hh"
+        if name in ("hh_harmless", "hh", "anthropic_hh")
+        else "anthropic_hh_helpful"
+        if name == "hh_helpful"
+        else name
+    )
     rows = HUB_ROWS.get(name) or first_rows(data_dir, folder)
     for row in rows:
         if name in NATIVE:  # the text never depends on the label
@@ -207,10 +279,13 @@ def test_no_formatter_leaks_its_label(name, make_cfg, data_dir):
 
 # ---------------------------------------------------------------------------- reward modelling
 
+
 def test_pair_logits_give_the_bradley_terry_loss_by_hand():
     r_chosen, r_rejected = torch.tensor([2.0, -1.0, 0.0]), torch.tensor([0.5, 1.0, 0.0])
     # Pairs shown chosen-first (label 1): -log sigmoid(r_c - r_r), by hand.
-    by_hand = sum(math.log(1 + math.exp(-(c - r))) for c, r in zip(r_chosen.tolist(), r_rejected.tolist())) / 3
+    by_hand = (
+        sum(math.log(1 + math.exp(-(c - r))) for c, r in zip(r_chosen.tolist(), r_rejected.tolist(), strict=True)) / 3
+    )
     loss = XentLoss()(pair_logits(r_chosen, r_rejected), torch.ones(3), 0.0)
     assert loss.item() == pytest.approx(by_hand, rel=1e-6)
     # The same pairs shown rejected-first (label 0) cost the same.
@@ -223,8 +298,14 @@ def test_pair_logits_give_the_bradley_terry_loss_by_hand():
 
 def test_a_reward_model_scores_each_text_alone():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     model = Classifier(BertModel(config), "mean", pairwise=True).eval()
     torch.nn.init.normal_(model.head.weight)
     assert model.head.out_features == 1
@@ -239,6 +320,7 @@ def test_a_reward_model_scores_each_text_alone():
 
 
 # ---------------------------------------------------------------------------- bad input
+
 
 def test_a_file_without_the_columns_its_task_reads_is_named(make_cfg, data_dir, tmp_path):
     folder = tmp_path / "dream"
@@ -262,12 +344,19 @@ def test_string_labels_come_back_as_integers(make_cfg, data_dir, tmp_path):
     task = make_cfg("task=custom", f"task.path={path}", "task.n_train=30", "task.n_val=0", "task.n_test=20").task
     custom = tasks.load_splits(task, None, seed=0)
     assert tasks.class_balance(custom)["test"]["positive_rate"] == sum(custom["test"]["label"]) / 20
-    assert all(label == int(text.split()[1]) % 2 for text, label in zip(custom["test"]["text"], custom["test"]["label"]))
+    assert all(
+        label == int(text.split()[1]) % 2
+        for text, label in zip(custom["test"]["text"], custom["test"]["label"], strict=True)
+    )
 
 
 def test_generative_fine_tuning_reads_both_dialogues_of_a_pair(make_cfg, data_dir):
     splits = tasks.load_splits(make_cfg("task=hh_harmless", *SMALL).task, data_dir, seed=0)
     texts = generative.unlabeled_texts(splits)["text"]
-    pool = [*splits["train_a"]["text"], *splits["train_a"]["text_b"], *splits["train_b"]["text"],
-            *splits["train_b"]["text_b"]]
+    pool = [
+        *splits["train_a"]["text"],
+        *splits["train_a"]["text_b"],
+        *splits["train_b"]["text"],
+        *splits["train_b"]["text_b"],
+    ]
     assert sorted(texts) == sorted(pool) and len(texts) == 4 * len(splits["train_a"])

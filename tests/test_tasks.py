@@ -23,7 +23,7 @@ def test_sciq_formatter_on_a_known_row(data_dir, make_cfg):
         example = formatters.format_sciq(row, random.Random(seed), task)
         prefix = f"Q: {row['question']} A: "
         assert example["text"].startswith(prefix)
-        answer = example["text"][len(prefix):]
+        answer = example["text"][len(prefix) :]
         if example["label"] == 1:
             assert answer == "oxidants"
         else:
@@ -33,7 +33,9 @@ def test_sciq_formatter_on_a_known_row(data_dir, make_cfg):
 
 
 def test_sst2_and_boolq_formatters_on_known_rows(data_dir, make_cfg):
-    sst2 = formatters.FORMATTERS["sst2"](first_row(data_dir, "sst2", "test"), random.Random(0), make_cfg("task=sst2").task)
+    sst2 = formatters.FORMATTERS["sst2"](
+        first_row(data_dir, "sst2", "test"), random.Random(0), make_cfg("task=sst2").task
+    )
     assert sst2 == {"text": "no movement , no yuks , not much of anything .", "label": 0}
     row = first_row(data_dir, "boolq", "validation")
     boolq = formatters.format_boolq(row, random.Random(0), make_cfg("task=boolq").task)
@@ -43,8 +45,15 @@ def test_sst2_and_boolq_formatters_on_known_rows(data_dir, make_cfg):
 
 def test_cosmos_qa_none_of_the_above_is_always_wrong(make_cfg):
     task = make_cfg("task=cosmos_qa").task
-    row = {"context": "c", "question": "q", "label": 3,
-           "answer0": "a", "answer1": "b", "answer2": "d", "answer3": "None of the above choices ."}
+    row = {
+        "context": "c",
+        "question": "q",
+        "label": 3,
+        "answer0": "a",
+        "answer1": "b",
+        "answer2": "d",
+        "answer3": "None of the above choices .",
+    }
     for seed in range(10):
         example = formatters.format_cosmos_qa(row, random.Random(seed), task)
         assert example["label"] == 0 and "None of the above" not in example["text"]
@@ -52,8 +61,10 @@ def test_cosmos_qa_none_of_the_above_is_always_wrong(make_cfg):
 
 def test_anthropic_hh_is_pairwise_in_random_order(make_cfg):
     task = make_cfg("task=anthropic_hh").task
-    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello, how can I help?",
-           "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    row = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello, how can I help?",
+        "rejected": "\n\nHuman: hi\n\nAssistant: go away",
+    }
     labels = set()
     for seed in range(10):
         example = formatters.format_anthropic_hh(row, random.Random(seed), task)
@@ -100,8 +111,15 @@ def test_boolq_offline_single_split_is_cut_deterministically(make_cfg, data_dir)
 def test_custom_task_maps_yes_no_labels(tmp_path, make_cfg):
     path = tmp_path / "reviews.csv"
     path.write_text("title,verdict\n" + "".join(f"review {i},{'Yes' if i % 2 else 'no'}\n" for i in range(60)))
-    task = make_cfg("task=custom", f"task.path={path}", "task.text_template='Review: {title}'",
-                    "task.label_column=verdict", "task.n_train=30", "task.n_val=0", "task.n_test=20").task
+    task = make_cfg(
+        "task=custom",
+        f"task.path={path}",
+        "task.text_template='Review: {title}'",
+        "task.label_column=verdict",
+        "task.n_train=30",
+        "task.n_val=0",
+        "task.n_test=20",
+    ).task
     splits = tasks.load_splits(task, None, seed=0)
     assert len(splits["test"]) == 20 and len(splits["train_a"]) == 15
     row = splits["test"][0]

@@ -8,14 +8,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from transformers import AutoModel, AutoModelForMaskedLM, LlamaConfig
 
-from conftest import CONF_DIR
-from w2s_lightning import methods, pipeline, tasks
-
+from w2s_lightning import methods, preflight, tasks
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.losses import XentLoss
 from w2s_lightning.models import load_classifier, load_pretrained
@@ -24,28 +23,57 @@ from w2s_lightning.runner import StageRunner
 
 
 def model_cfg(folder: Path, **extra):
-    return OmegaConf.create({"name": folder.name, "path": str(folder), "pooling": "last", "dtype": None,
-                             "gradient_checkpointing": False, **extra})
+    return OmegaConf.create(
+        {
+            "name": folder.name,
+            "path": str(folder),
+            "pooling": "last",
+            "dtype": None,
+            "gradient_checkpointing": False,
+            **extra,
+        }
+    )
 
 
 def fit(classifier: torch.nn.Module, steps: int, lr: float = 1e-5, precision: str = "32-true") -> None:
     """A real Lightning fit of ``steps`` optimizer steps on random token batches."""
     generator = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(5, 1000, (4, 12), generator=generator),
-                "attention_mask": torch.ones(4, 12, dtype=torch.long),
-                "target": torch.tensor([0.0, 1.0, 1.0, 0.0])} for _ in range(steps)]
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", precision=precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(W2SModule(classifier, XentLoss(), lr=lr, lr_scheduler="constant"),
-                train_dataloaders=DataLoader(batches, batch_size=None))
+    batches = [
+        {
+            "input_ids": torch.randint(5, 1000, (4, 12), generator=generator),
+            "attention_mask": torch.ones(4, 12, dtype=torch.long),
+            "target": torch.tensor([0.0, 1.0, 1.0, 0.0]),
+        }
+        for _ in range(steps)
+    ]
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(
+        W2SModule(classifier, XentLoss(), lr=lr, lr_scheduler="constant"),
+        train_dataloaders=DataLoader(batches, batch_size=None),
+    )
 
 
 @pytest.fixture(scope="module")
 def bf16_llama(tmp_path_factory) -> Path:
     """A tiny Llama saved in bfloat16, its config declaring bfloat16 (as Qwen2.5's does)."""
-    config = LlamaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-                         dtype="bfloat16")
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        dtype="bfloat16",
+    )
     folder = tmp_path_factory.mktemp("bf16") / "tiny-bf16-llama"
     AutoModel.from_config(config).to(torch.bfloat16).save_pretrained(folder)
     return folder
@@ -65,10 +93,12 @@ def test_a_bf16_checkpoint_trains_on_float32_master_weights_and_its_norms_move(b
 
 def test_half_precision_weights_are_refused_for_full_fine_tuning(make_cfg):
     with pytest.raises(ConfigError, match="trains every weight and needs float32 master weights"):
-        pipeline.check_config(make_cfg("strong.dtype=bfloat16"))
-    pipeline.check_config(make_cfg("strong.dtype=bfloat16", "finetune=lora"))  # a frozen backbone may be bf16
-    with pytest.raises(ConfigError, match="generative trains every weight"):  # generative fine-tuning trains every weight
-        pipeline.check_config(make_cfg("strong.dtype=bfloat16", "finetune=lora", "method=generative"))
+        preflight.check_config(make_cfg("strong.dtype=bfloat16"))
+    preflight.check_config(make_cfg("strong.dtype=bfloat16", "finetune=lora"))  # a frozen backbone may be bf16
+    with pytest.raises(
+        ConfigError, match="generative trains every weight"
+    ):  # generative fine-tuning trains every weight
+        preflight.check_config(make_cfg("strong.dtype=bfloat16", "finetune=lora", "method=generative"))
 
 
 def test_paper_models_load_in_float32_for_full_fine_tuning():
@@ -108,8 +138,9 @@ def test_lora_init_depends_on_the_seed_only(tiny_llama):
     lora = OmegaConf.load(Path(CONF_DIR, "finetune", "lora.yaml"))
 
     def lora_a(seed: int, rng_state: int) -> torch.Tensor:
-        classifier = perturbed_rng_then(lambda: load_classifier(model_cfg(tiny_llama), "unused", lora, seed=seed),
-                                        rng_state)
+        classifier = perturbed_rng_then(
+            lambda: load_classifier(model_cfg(tiny_llama), "unused", lora, seed=seed), rng_state
+        )
         return torch.cat([p.flatten() for n, p in classifier.named_parameters() if "lora_A" in n])
 
     assert torch.equal(lora_a(0, rng_state=1), lora_a(0, rng_state=2))
@@ -118,9 +149,11 @@ def test_lora_init_depends_on_the_seed_only(tiny_llama):
 
 def test_masked_lm_head_init_depends_on_the_seed_only(tiny_bert):
     """The tiny BERT is saved without an MLM head (as the zoo's encoders), so it starts random."""
+
     def head(seed: int, rng_state: int) -> torch.Tensor:
         model = perturbed_rng_then(
-            lambda: load_pretrained(AutoModelForMaskedLM, model_cfg(tiny_bert), "unused", seed=seed), rng_state)
+            lambda: load_pretrained(AutoModelForMaskedLM, model_cfg(tiny_bert), "unused", seed=seed), rng_state
+        )
         return model.cls.predictions.transform.dense.weight.detach().clone()
 
     assert torch.equal(head(0, rng_state=1), head(0, rng_state=2))
@@ -146,9 +179,11 @@ def test_paper_nlp_pairs_models_of_one_family_only():
             preset = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
             params = preset.hydra.sweeper.params
             for weak, strong in itertools.product(params["model@weak"].split(","), params["model@strong"].split(",")):
-                cfg = compose(config_name="config", overrides=[f"experiment={name}", f"model@weak={weak}",
-                                                               f"model@strong={strong}"])
-                if pipeline.skip_reason(cfg, sweep=True) is None:
+                cfg = compose(
+                    config_name="config",
+                    overrides=[f"experiment={name}", f"model@weak={weak}", f"model@strong={strong}"],
+                )
+                if preflight.skip_reason(cfg, sweep=True) is None:
                     run.append((cfg.weak.name, cfg.strong.name))
     assert len(run) == len(set(run)) == 12  # C(4,2) GPT-2 pairs + C(4,2) Qwen pairs, each once
     assert all(weak.split("-")[0][:4] == strong.split("-")[0][:4] for weak, strong in run)
@@ -159,9 +194,9 @@ def test_the_offline_ladder_sweeps_across_the_zoo_families(make_cfg):
     """The offline zoo has no family with three sizes: its ladder pairs across families. Other
     presets sweep no models, so the family rule does not apply to them (config.in_ladder_sweep)."""
     cfg = make_cfg("experiment=offline_ladder")
-    assert cfg.weak.family != cfg.strong.family and pipeline.skip_reason(cfg, sweep=True) is None
-    assert pipeline.skip_reason(make_cfg(), sweep=True).startswith("minilm_l3 (minilm) and mpnet_base")
-    assert pipeline.skip_reason(make_cfg(), sweep=False) is None
+    assert cfg.weak.family != cfg.strong.family and preflight.skip_reason(cfg, sweep=True) is None
+    assert preflight.skip_reason(make_cfg(), sweep=True).startswith("minilm_l3 (minilm) and mpnet_base")
+    assert preflight.skip_reason(make_cfg(), sweep=False) is None
 
 
 def test_the_offline_causal_ladder_runs_every_smaller_rung_under_every_larger_one():
@@ -171,10 +206,12 @@ def test_the_offline_causal_ladder_runs_every_smaller_rung_under_every_larger_on
         assert params["seed"] == "0,1,2" and params["loss"] == "xent,aux_conf" and preset.finetune.name == "probe"
         run = []
         for weak, strong in itertools.product(params["model@weak"].split(","), params["model@strong"].split(",")):
-            cfg = compose(config_name="config", overrides=["experiment=offline_causal", f"model@weak={weak}",
-                                                           f"model@strong={strong}"])
-            pipeline.check_config(cfg)
-            if pipeline.skip_reason(cfg, sweep=True) is None:
+            cfg = compose(
+                config_name="config",
+                overrides=["experiment=offline_causal", f"model@weak={weak}", f"model@strong={strong}"],
+            )
+            preflight.check_config(cfg)
+            if preflight.skip_reason(cfg, sweep=True) is None:
                 run.append((cfg.weak.params, cfg.strong.params))
     sizes = sorted({size for pair in run for size in pair})
     assert len(sizes) == 4 and sorted(run) == sorted(itertools.combinations(sizes, 2))  # all 6 pairs, smaller -> larger

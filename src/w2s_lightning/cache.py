@@ -21,12 +21,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from filelock import FileLock
 
-from w2s_lightning import faults, parallel
+from w2s_lightning import faults
 from w2s_lightning.errors import CacheError
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,13 @@ def files_of(folder: Path) -> list[Path]:
 def seal(folder: Path) -> None:
     """Write ``folder``'s manifest, then fsync every file and the folders: after the rename
     that publishes it, a power cut cannot leave a published entry with missing bytes."""
-    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size,
-                                             **({"sha256": sha256(p)} if p.stat().st_size <= HASHED_UP_TO else {})}
-                for p in files_of(folder)}
+    manifest = {
+        str(p.relative_to(folder)): {
+            "size": p.stat().st_size,
+            **({"sha256": sha256(p)} if p.stat().st_size <= HASHED_UP_TO else {}),
+        }
+        for p in files_of(folder)
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     for path in [*files_of(folder), folder / MANIFEST]:
         with open(path, "rb") as f:
@@ -122,20 +127,28 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_once(final: Path, build: Callable[[Path], None], by_ranks: bool = False) -> bool:
+class Ranks(Protocol):
+    """The processes that build one entry together (``parallel``): rank 0 decides and publishes."""
+
+    def rank(self) -> int: ...
+    def leaders_answer(self, answer: bool) -> bool: ...
+    def barrier(self) -> None: ...
+
+
+def build_once(final: Path, build: Callable[[Path], None], ranks: Ranks | None = None) -> bool:
     """Make sure ``final`` exists, calling ``build(tmp_dir)`` if it does not.
 
-    Returns True when this call built it, False when it was already there. ``by_ranks``: the
-    build is one stage spread over the experiment's ranks (``parallel``), whose rank 0 decides
-    and publishes while the others follow. Otherwise (a zoo model) any process may build it,
-    the others wait on the lock."""
-    if by_ranks and not parallel.is_leader():
-        return follow(final, build)
+    Returns True when this call built it, False when it was already there. ``ranks``: the
+    build is one stage spread over the experiment's ranks, whose rank 0 decides and publishes
+    while the others follow. Without them (a zoo model) any process may build it, the others
+    wait on the lock."""
+    if ranks is not None and ranks.rank() != 0:
+        return follow(final, build, ranks)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{final}.lock"):
         remove_stale_builds(final)  # before the other ranks hear the answer and make their scratch folders
         exists = usable(final)
-        if parallel.leaders_answer(exists) if by_ranks else exists:
+        if ranks.leaders_answer(exists) if ranks is not None else exists:
             return False
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
         try:
@@ -146,28 +159,30 @@ def build_once(final: Path, build: Callable[[Path], None], by_ranks: bool = Fals
             fsync_folder(final.parent)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise CacheError(f"no space left on the device of {final.parent} while writing {final.name} "
-                                 f"({err}); nothing was published. Free space there, or point paths.cache_dir "
-                                 "(W2S_CACHE_DIR) at a larger disk, and rerun: finished stages are kept.") from err
+                raise CacheError(
+                    f"no space left on the device of {final.parent} while writing {final.name} "
+                    f"({err}); nothing was published. Free space there, or point paths.cache_dir "
+                    "(W2S_CACHE_DIR) at a larger disk, and rerun: finished stages are kept."
+                ) from err
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    if by_ranks:
-        parallel.barrier()  # the other ranks read ``final`` once it is there
+    if ranks is not None:
+        ranks.barrier()  # the other ranks read ``final`` once it is there
     return True
 
 
-def follow(final: Path, build: Callable[[Path], None]) -> bool:
+def follow(final: Path, build: Callable[[Path], None], ranks: Ranks) -> bool:
     """A rank > 0: build beside rank 0 (its part of every collective) into a scratch folder
     that is never published, then wait for rank 0's entry. It takes no lock: rank 0 holds it."""
-    if parallel.leaders_answer(False):
+    if ranks.leaders_answer(False):
         return False
-    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-rank{parallel.rank()}-"))
+    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-rank{ranks.rank()}-"))
     try:
         build(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    parallel.barrier()
+    ranks.barrier()
     if not final.exists():
         raise RuntimeError(f"rank 0 did not publish {final}; its error is printed above.")
     return True
@@ -192,7 +207,9 @@ class StageCache:
         """Where a build of this entry keeps its in-progress checkpoints (``resume.py``)."""
         return self.root / ".resume" / self.path(kind, spec).name
 
-    def get_or_build(self, kind: str, spec: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    def get_or_build(
+        self, kind: str, spec: dict, build: Callable[[Path], None], ranks: Ranks | None = None
+    ) -> tuple[Path, bool]:
         """The folder for ``spec`` and whether it was reused rather than built now."""
 
         def build_with_spec(tmp: Path) -> None:
@@ -200,5 +217,5 @@ class StageCache:
             (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
 
         final = self.path(kind, spec)
-        built = build_once(final, build_with_spec, by_ranks=True)
+        built = build_once(final, build_with_spec, ranks)
         return final, not built

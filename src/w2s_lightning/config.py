@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -21,20 +20,22 @@ class ModelConfig:
     unknown one, or a value of the wrong type when the config is composed."""
 
     name: str = MISSING
-    path: str = MISSING           # zoo:<name>, a local Hugging Face folder, or a hub id
-    family: str = MISSING         # ladders pair models of one family (ladder.cross_family)
-    params: float = MISSING       # parameter count: the model's size in ladders
-    pooling: str = MISSING        # last (decoders), mean or first (encoders)
-    objective: str = MISSING      # generative fine-tuning's objective: causal_lm or masked_lm
+    path: str = MISSING  # zoo:<name>, a local Hugging Face folder, or a hub id
+    family: str = MISSING  # ladders pair models of one family (ladder.cross_family)
+    params: float = MISSING  # parameter count: the model's size in ladders
+    pooling: str = MISSING  # last (decoders), mean or first (encoders)
+    objective: str = MISSING  # generative fine-tuning's objective: causal_lm or masked_lm
     lr: float = 5e-5
-    minibatch_size: int = 32      # micro-batch; train.batch_size / minibatch_size = gradient accumulation
+    minibatch_size: int = 32  # micro-batch; train.batch_size / minibatch_size = gradient accumulation
     eval_batch_size: int = 64
-    max_length: int = 1024        # longer texts are cut on the left (the question/answer sits at the end)
-    dtype: Optional[str] = None   # null = float32 weights (mixed precision comes from trainer.precision)
-    attn_implementation: Optional[str] = None  # null = transformers' choice (sdpa where the model has it); eager, flash_attention_2
+    max_length: int = 1024  # longer texts are cut on the left (the question/answer sits at the end)
+    dtype: str | None = None  # null = float32 weights (mixed precision comes from trainer.precision)
+    attn_implementation: str | None = (
+        None  # null = transformers' choice (sdpa where the model has it); eager, flash_attention_2
+    )
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
-    about: Optional[str] = None   # what the report says of the model (an instruct tune, a licence); not in stage keys
+    about: str | None = None  # what the report says of the model (an instruct tune, a licence); not in stage keys
 
 
 ConfigStore.instance().store(group="model", name="model_schema", node=ModelConfig)
@@ -47,29 +48,29 @@ class TaskConfig:
     differs; sizes default to the paper's and are set by presets and ``budget``."""
 
     name: str = MISSING
-    formatter: str = MISSING      # a name registered in formatters.py
-    about: Optional[str] = None   # what docs and the report say of the task (a substitute, a licence); not in stage keys
-    hub_path: Optional[str] = None
-    hub_name: Optional[str] = None          # the hub dataset's config
-    hub_data_dirs: List[str] = field(default_factory=list)  # subsets loaded and joined (hh-rlhf's helpful-base, ...)
+    formatter: str = MISSING  # a name registered in formatters.py
+    about: str | None = None  # what docs and the report say of the task (a substitute, a licence); not in stage keys
+    hub_path: str | None = None
+    hub_name: str | None = None  # the hub dataset's config
+    hub_data_dirs: list[str] = field(default_factory=list)  # subsets loaded and joined (hh-rlhf's helpful-base, ...)
     # Split names of the local files <data_dir>/<name>/<split>.jsonl; the hub's where they differ.
-    splits: Dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
-    hub_splits: Dict[str, str] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
+    hub_splits: dict[str, str] = field(default_factory=dict)
     # Local files (<data_dir>-relative, without suffix) that together form one labelled pool,
     # cut into train and test by split_seed; in place of `splits` when the data is local.
-    local_files: List[str] = field(default_factory=list)
-    columns: List[str] = field(default_factory=list)  # raw columns the formatter reads: checked before any stage
-    pairwise: bool = False        # rows are pairs (text, text_b) that a reward model scores one by one
-    balance: bool = False         # undersample the majority class (seeded), as the paper's binary tasks are balanced
-    n_train: int = 20000          # the pool cut into halves A and B (the paper's 20k)
-    n_val: int = 500              # carved from the pool before halving (ground truth, for monitoring)
+    local_files: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # raw columns the formatter reads: checked before any stage
+    pairwise: bool = False  # rows are pairs (text, text_b) that a reward model scores one by one
+    balance: bool = False  # undersample the majority class (seeded), as the paper's binary tasks are balanced
+    n_train: int = 20000  # the pool cut into halves A and B (the paper's 20k)
+    n_val: int = 500  # carved from the pool before halving (ground truth, for monitoring)
     n_test: int = 10000
-    split_seed: int = 0           # fixes the test set (and any cut of a single source) across experiment seeds
+    split_seed: int = 0  # fixes the test set (and any cut of a single source) across experiment seeds
     # formatter=template (task=custom) only: a local file and how its columns make a text and a label.
-    path: Optional[str] = None
-    test_path: Optional[str] = None
-    text_template: Optional[str] = None
-    label_column: Optional[str] = None
+    path: str | None = None
+    test_path: str | None = None
+    text_template: str | None = None
+    label_column: str | None = None
 
 
 ConfigStore.instance().store(group="task", name="task_schema", node=TaskConfig)
@@ -87,14 +88,17 @@ def default_data_dir() -> str | None:
     return None
 
 
-def cpu_precision() -> str:
+def cpu_precision(cpuinfo: str | None = None) -> str:
     """bf16 autocast on CPUs with native bf16 matrix units (AMX, AVX512-BF16), where it runs
-    several times faster than fp32; full fp32 elsewhere, where bf16 is emulated and slower."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "32-true"
-    return "bf16-mixed" if ("amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo) else "32-true"
+    several times faster than fp32; full fp32 elsewhere, where bf16 is emulated and slower.
+    ``cpuinfo``: the text of /proc/cpuinfo (read here when not given)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "32-true"
+    flags = set(cpuinfo.split())
+    return "bf16-mixed" if flags & {"amx_bf16", "avx512_bf16"} else "32-true"
 
 
 def in_ladder_sweep() -> bool:

@@ -12,7 +12,8 @@ import logging
 
 import datasets
 import transformers
-import wandb
+
+from w2s_lightning import tracking
 
 # hydra and its launcher plugins: a sweep's "Launching jobs" lines.
 OWN_LOGGERS = ("w2s_lightning", "__main__", "hydra", "hydra_plugins")
@@ -35,5 +36,4 @@ def route_third_party_output() -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.captureWarnings(True)
-    # W&B's banners, warnings and run summaries: in <run folder>/wandb/debug*.log instead.
-    wandb.setup(wandb.Settings(silent=True))
+    tracking.silence()

@@ -1,5 +1,9 @@
 """One LightningDataModule for every task: its splits, tokenised for one model, with the
-targets one stage trains and selects on (ground truth, or a supervisor's soft labels)."""
+targets one stage trains and selects on (ground truth, or a supervisor's soft labels).
+
+Why it is long: the samplers that make training order, length buckets, rank shares and
+resuming mid-epoch exact are small classes that only make sense beside the DataModule.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ class ShuffledBuckets(Sampler[list[int]]):
         size = self.minibatch_size * self.buckets
         batches = []
         for start in range(0, len(order), size):
-            bucket = sorted(order[start:start + size], key=self.lengths.__getitem__)
-            batches += [bucket[i:i + self.minibatch_size] for i in range(0, len(bucket), self.minibatch_size)]
+            bucket = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            batches += [bucket[i : i + self.minibatch_size] for i in range(0, len(bucket), self.minibatch_size)]
         for i in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[i]
 
@@ -52,8 +56,8 @@ class RankShare(Sampler[list[int]]):
 
     def __iter__(self):
         batches = list(self.batches)
-        mine = batches[self.rank::self.world]
-        yield from mine + batches[:len(self) - len(mine)]
+        mine = batches[self.rank :: self.world]
+        yield from mine + batches[: len(self) - len(mine)]
 
 
 def share_of(batches: Sampler[list[int]], rank: int, world: int) -> Sampler[list[int]]:
@@ -97,7 +101,7 @@ def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length:
     tokens = dict(tokenizer(batch["text"], truncation=True, max_length=max_length))
     if "text_b" in batch:
         second = tokenizer(batch["text_b"], truncation=True, max_length=max_length)
-        tokens.update(zip(PAIR_INPUTS, (second["input_ids"], second["attention_mask"])))
+        tokens.update(zip(PAIR_INPUTS, (second["input_ids"], second["attention_mask"]), strict=True))
     return tokens
 
 
@@ -107,8 +111,12 @@ def tokenize(splits: datasets.DatasetDict | datasets.Dataset, tokenizer: PreTrai
     closure over a datamodule would make ``datasets`` pickle it (and the Trainer and W&B logger
     it points to) to fingerprint every map."""
     columns = splits.column_names if isinstance(splits, datasets.Dataset) else next(iter(splits.values())).column_names
-    return splits.map(_tokenize_batch, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-                      batched=True, remove_columns=[c for c in ("text", "text_b") if c in columns])
+    return splits.map(
+        _tokenize_batch,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+        batched=True,
+        remove_columns=[c for c in ("text", "text_b") if c in columns],
+    )
 
 
 class WithCopies(torch.utils.data.Dataset):
@@ -180,8 +188,9 @@ class TaskDataModule(pl.LightningDataModule):
             self.prepared[name] = rows.select_columns([*inputs, "target", "label"]).with_format("python")
 
     def pad(self, rows: list[dict], ids: str, mask: str) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer.pad([{"input_ids": r[ids], "attention_mask": r[mask]} for r in rows],
-                                   return_tensors="pt")
+        batch = self.tokenizer.pad(
+            [{"input_ids": r[ids], "attention_mask": r[mask]} for r in rows], return_tensors="pt"
+        )
         return {ids: batch["input_ids"], mask: batch["attention_mask"]}
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -203,7 +212,7 @@ class TaskDataModule(pl.LightningDataModule):
         rows = self.prepared[name]
         lengths = [len(ids) for ids in rows["input_ids"]]
         if PAIR_INPUTS[0] in rows.column_names:
-            lengths = [n + len(ids) for n, ids in zip(lengths, rows[PAIR_INPUTS[0]])]
+            lengths = [n + len(ids) for n, ids in zip(lengths, rows[PAIR_INPUTS[0]], strict=True)]
         return lengths
 
     def by_length(self, name: str) -> list[int]:
@@ -236,8 +245,12 @@ class TaskDataModule(pl.LightningDataModule):
         rank, world = self.ranks()
         rows = self.rows_of_rank(name, rank, world)
         padding = [len(self.prepared[name]) + i for i in range(-(-len(self.prepared[name]) // world) - len(rows))]
-        return DataLoader(WithCopies(self.prepared[name]), batch_size=self.eval_batch_size, sampler=rows + padding,
-                          collate_fn=self.collate)
+        return DataLoader(
+            WithCopies(self.prepared[name]),
+            batch_size=self.eval_batch_size,
+            sampler=rows + padding,
+            collate_fn=self.collate,
+        )
 
     def train_dataloader(self) -> DataLoader:
         # The training order has a generator of its own: validation and prediction loaders
@@ -245,13 +258,21 @@ class TaskDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         rows = self.prepared[self.train_split]
         if self.length_buckets:
-            batches = ShuffledBuckets(self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator)
-            loader = ResumableLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate,
-                                     order=generator)
+            batches = ShuffledBuckets(
+                self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator
+            )
+            loader = ResumableLoader(
+                rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate, order=generator
+            )
         else:  # DataLoader(shuffle=True, generator=generator), spelt out so that ranks can share it
             batches = BatchSampler(RandomSampler(rows, generator=generator), self.minibatch_size, drop_last=False)
-            loader = ResumableLoader(rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate,
-                                     generator=generator, order=generator)
+            loader = ResumableLoader(
+                rows,
+                batch_sampler=share_of(batches, *self.ranks()),
+                collate_fn=self.collate,
+                generator=generator,
+                order=generator,
+            )
         if self.resume_order:
             loader.resume(self.resume_order["epoch_start"], self.resume_order["batches_done"])
         return loader
@@ -278,7 +299,7 @@ class FeatureDataModule(TaskDataModule):
             labels, targets = self.splits[name]["label"], self.split_targets(name)
             self.prepared[name] = [
                 {"features": f, "target": float(t), "label": int(y)}
-                for f, t, y in zip(self.features[name], targets, labels)
+                for f, t, y in zip(self.features[name], targets, labels, strict=True)
             ]
 
     def lengths(self, name: str) -> list[int]:

@@ -1,8 +1,10 @@
 """Failpoints, for the fault-injection tests: with ``W2S_KILL_AT=<point>:<n>`` in its
 environment, a process kills itself with SIGKILL (no cleanup, no ``finally``: as the OOM
-killer or a lost node would) the n-th time it reaches ``point``. The points: ``tokenise`` (a
-batch of rows being tokenised), ``train_step``, ``predict_batch`` and ``publish`` (an entry
-sealed, not yet renamed into place). Unset, ``reached`` is a dictionary lookup."""
+killer or a lost node would) the n-th time it reaches ``point``; ``<point>:<n>:SIGTERM`` sends
+SIGTERM instead (as Slurm before preemption), which the process handles as it would one from
+outside. The points: ``tokenise`` (a batch of rows being tokenised), ``train_step``,
+``predict_batch`` and ``publish`` (an entry sealed, not yet renamed into place). Unset,
+``reached`` is a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -19,5 +21,6 @@ def reached(point: str) -> None:
     if not target or not target.startswith(f"{point}:"):
         return
     _counts[point] += 1
-    if _counts[point] == int(target.split(":")[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
+    _, count, *name = target.split(":")
+    if _counts[point] == int(count):
+        os.kill(os.getpid(), getattr(signal, name[0] if name else "SIGKILL"))

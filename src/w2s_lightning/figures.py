@@ -9,6 +9,7 @@ import pandas as pd
 
 from w2s_lightning.tables import variants
 
+
 def with_variant(table: pd.DataFrame) -> pd.DataFrame:
     """What a bar stands for: the loss, prefixed by the method when several are shown, and
     followed by the variant values."""
@@ -31,7 +32,7 @@ def accuracy_figures(pairs: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame]]
     per_task = pd.Series([values[0] for values, _ in groups]).value_counts()
     figures = {}
     for values, rows in groups:
-        task, rest = values[0], [f"{k}={v}" for k, v in zip(keys[1:], values[1:])]
+        task, rest = values[0], [f"{k}={v}" for k, v in zip(keys[1:], values[1:], strict=True)]
         stem = task if per_task[task] == 1 else "_".join([task, *rest])
         figures[re.sub(r"[^\w.=+-]", "_", stem) + "_accuracy"] = (f"{task}: {', '.join(rest)}", rows)
     return figures
@@ -52,18 +53,28 @@ def plot_accuracy(rows: pd.DataFrame, title: str) -> plt.Figure:
     for i, weak in enumerate(weak_models):
         level = rows.loc[rows["weak"] == weak, "weak_acc"].mean()
         ax.axhline(level, color="grey", linestyle=(0, (1, 3)), linewidth=1)
-        ax.annotate(f"weak {weak}", (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
-                    va="bottom")
+        ax.annotate(
+            f"weak {weak}", (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom"
+        )
         for j, loss in enumerate(losses):
             line = rows[(rows["weak"] == weak) & (rows["loss"] == loss)]
             if line.empty:
                 continue
             line = line.assign(x=line["strong"].map(ceilings) + (j - (len(losses) - 1) / 2) * step).sort_values("x")
-            errors = [(line["transfer_acc"] - line["transfer_acc_low"]).fillna(0),
-                      (line["transfer_acc_high"] - line["transfer_acc"]).fillna(0)]
+            errors = [
+                (line["transfer_acc"] - line["transfer_acc_low"]).fillna(0),
+                (line["transfer_acc_high"] - line["transfer_acc"]).fillna(0),
+            ]
             color = plt.get_cmap(LOSS_COLORMAPS[j % len(LOSS_COLORMAPS)])(0.45 + 0.5 * (i + 1) / len(weak_models))
-            ax.errorbar(line["x"], line["transfer_acc"], yerr=errors, color=color, marker=LOSS_MARKERS[j % 8],
-                        capsize=3, label=f"{loss}, weak {weak}")
+            ax.errorbar(
+                line["x"],
+                line["transfer_acc"],
+                yerr=errors,
+                color=color,
+                marker=LOSS_MARKERS[j % 8],
+                capsize=3,
+                label=f"{loss}, weak {weak}",
+            )
     ax.set_xticks(ceilings.values, [f"{m}\n{a:.3f}" for m, a in ceilings.items()], rotation=30, fontsize=8)
     ax.set_xlabel("strong model (ground-truth ceiling accuracy)")
     ax.set_ylabel("test accuracy" + (" (bars: 95% interval over seeds)" if rows["seeds"].max() > 1 else ""))
@@ -84,7 +95,7 @@ def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
         errors = [(rows["median_pgr"] - rows["pgr_low"]).fillna(0), (rows["pgr_high"] - rows["median_pgr"]).fillna(0)]
         positions = [t + i * width for t in range(len(tasks))]
         ax.bar(positions, rows["median_pgr"], width, yerr=errors, capsize=3, label=variant)
-        for x, value in zip(positions, rows["median_pgr"]):
+        for x, value in zip(positions, rows["median_pgr"], strict=True):
             if pd.isna(value):  # no pair with a defined PGR: say so rather than show an empty slot
                 ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
     ax.axhline(0, color="black", linewidth=0.8)
@@ -94,4 +105,3 @@ def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
     ax.legend()
     fig.tight_layout()
     return fig
-

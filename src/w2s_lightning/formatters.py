@@ -1,10 +1,14 @@
 """Formatters: how a row of each task becomes a binary example ``{text, label}``, as the
-paper does it. ``task.formatter`` names one; ``@formatter("name")`` registers a new one."""
+paper does it. ``task.formatter`` names one; ``@formatter("name")`` registers a new one.
+
+Why it is long: one short function per task of the paper's 22, and the three conventions they share.
+"""
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -118,7 +122,7 @@ def format_ethics_virtue(row: dict, rng: random.Random, task: DictConfig) -> dic
     """Native label (the behaviour shows the trait). The release joins sentence and trait with
     " [SEP] "; they are shown apart here (EleutherAI shows the raw "[SEP]")."""
     sentence, _, trait = row["scenario"].rpartition(" [SEP] ")
-    return {"text": f"{sentence}\n\nDoes this behaviour show the trait \"{trait}\"?", "label": int(row["label"])}
+    return {"text": f'{sentence}\n\nDoes this behaviour show the trait "{trait}"?', "label": int(row["label"])}
 
 
 @formatter("ethics_utilitarianism")
@@ -150,7 +154,7 @@ def format_hellaswag(row: dict, rng: random.Random, task: DictConfig) -> dict:
 @formatter("mc_taco")
 def format_mc_taco(row: dict, rng: random.Random, task: DictConfig) -> dict:
     """Native label (the answer is plausible), as EleutherAI."""
-    text = f"{row['sentence']}\n\nQ: {row['question']} Is the answer \"{row['answer']}\" plausible?"
+    text = f'{row["sentence"]}\n\nQ: {row["question"]} Is the answer "{row["answer"]}" plausible?'
     return {"text": text, "label": int(row["label"])}
 
 
@@ -204,15 +208,17 @@ def format_social_i_qa(row: dict, rng: random.Random, task: DictConfig) -> dict:
 @formatter("multirc")
 def format_multirc(row: dict, rng: random.Random, task: DictConfig) -> dict:
     """Native label (this answer option is correct), as EleutherAI."""
-    text = f"{row['paragraph']}\n\nQ: {row['question']} Is the answer \"{row['answer']}\"?"
+    text = f'{row["paragraph"]}\n\nQ: {row["question"]} Is the answer "{row["answer"]}"?'
     return {"text": text, "label": int(row["label"])}
 
 
 @formatter("wic")
 def format_wic(row: dict, rng: random.Random, task: DictConfig) -> dict:
     """Native label (same meaning), as EleutherAI."""
-    text = (f"Sentence 1: {row['sentence1']}\nSentence 2: {row['sentence2']}\n\n"
-            f"Does \"{row['word']}\" mean the same in both sentences?")
+    text = (
+        f"Sentence 1: {row['sentence1']}\nSentence 2: {row['sentence2']}\n\n"
+        f'Does "{row["word"]}" mean the same in both sentences?'
+    )
     return {"text": text, "label": int(row["label"])}
 
 
@@ -234,7 +240,7 @@ def _split_dialogue(dialogue: str) -> tuple[str, str]:
     """Cut an hh-rlhf dialogue into (conversation so far, last assistant reply)."""
     marker = "\n\nAssistant:"
     cut = dialogue.rfind(marker)
-    return dialogue[:cut].strip(), dialogue[cut + len(marker):].strip()
+    return dialogue[:cut].strip(), dialogue[cut + len(marker) :].strip()
 
 
 @formatter("anthropic_hh")
@@ -285,7 +291,5 @@ def format_template(row: dict, rng: random.Random, task: DictConfig) -> dict:
             f"but the rows have columns {sorted(row)}."
         ) from None
     if task.label_column not in row:
-        raise DataError(
-            f"task.label_column '{task.label_column}' is not a column; the rows have {sorted(row)}."
-        )
+        raise DataError(f"task.label_column '{task.label_column}' is not a column; the rows have {sorted(row)}.")
     return {"text": text, "label": to_binary_label(row[task.label_column], task.label_column)}

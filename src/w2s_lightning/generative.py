@@ -19,9 +19,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
 from w2s_lightning.data import share_of, tokenize
-from w2s_lightning.errors import TrainingError
 from w2s_lightning.models import load_pretrained, load_tokenizer, usable_length
-from w2s_lightning.module import adamw_schedule
+from w2s_lightning.module import LanguageModelModule
 
 # Texts the language model reads: the training pool only, never val or test.
 UNLABELED_SPLITS = ("train_a", "train_b")
@@ -30,51 +29,39 @@ UNLABELED_SPLITS = ("train_a", "train_b")
 LM_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
 
 
-class LanguageModelModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, lr: float, adamw: str = "fused"):
-        super().__init__()
-        self.model = model
-        self.lr = lr
-        self.adamw = adamw
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(f"generative fine-tuning: the loss is {loss.item()}; lower method.lr "
-                                f"(now {self.lr:g}) or use trainer.precision=32-true.")
-        self.log("generative/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        return loss
-
-    def configure_optimizers(self):
-        return adamw_schedule(self, [p for p in self.parameters() if p.requires_grad], self.lr,
-                              implementation=self.adamw)
-
-
 def unlabeled_texts(splits: datasets.DatasetDict) -> datasets.Dataset:
     """Every text of the training pool, as one ``text`` column: both dialogues of a reward
     modelling pair."""
     columns = [c for c in ("text", "text_b") if c in splits[UNLABELED_SPLITS[0]].column_names]
     parts = [splits[name].select_columns([column]) for name in UNLABELED_SPLITS for column in columns]
-    return datasets.concatenate_datasets([p if "text" in p.column_names else p.rename_column("text_b", "text")
-                                          for p in parts])
+    return datasets.concatenate_datasets(
+        [p if "text" in p.column_names else p.rename_column("text_b", "text") for p in parts]
+    )
 
 
-def finetune(cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict,
-             trainer: pl.Trainer, out: Path) -> None:
+def finetune(
+    cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict, trainer: pl.Trainer, out: Path
+) -> None:
     """Train ``model_cfg``'s language-model objective on the pool's texts for ``options``
     (lr, mlm_probability); save to ``out/model``."""
     tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
     # Seeded: an encoder's MLM head is missing from the zoo's checkpoints and starts random.
-    model = load_pretrained(LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed,
-                            dropout=cfg.train.dropout)
+    model = load_pretrained(
+        LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed, dropout=cfg.train.dropout
+    )
     texts = unlabeled_texts(splits)
     tokenized = tokenize(texts, tokenizer, usable_length(model_cfg, tokenizer, cfg.paths.zoo_dir)).with_format("python")
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=model_cfg.objective == "masked_lm",
-                                               mlm_probability=options["mlm_probability"])
+    collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm=model_cfg.objective == "masked_lm", mlm_probability=options["mlm_probability"]
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = BatchSampler(RandomSampler(tokenized, generator=generator), model_cfg.minibatch_size, drop_last=False)
-    loader = DataLoader(tokenized, batch_sampler=share_of(batches, trainer.global_rank, trainer.world_size),
-                        collate_fn=collator, generator=generator)
+    loader = DataLoader(
+        tokenized,
+        batch_sampler=share_of(batches, trainer.global_rank, trainer.world_size),
+        collate_fn=collator,
+        generator=generator,
+    )
     module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr, adamw=cfg.train.adamw)
     trainer.fit(module, train_dataloaders=loader)
     model.save_pretrained(out / "model")

@@ -53,8 +53,8 @@ class AuxConfLoss:
         return self.aux_coef * ramp(step_frac, self.warmup_frac)
 
     def _harden(self, p1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._recent_p1 = torch.cat([self._recent_p1.to(p1.device), p1])[-self.window:]
-        self._recent_target = torch.cat([self._recent_target.to(p1.device), target])[-self.window:]
+        self._recent_p1 = torch.cat([self._recent_p1.to(p1.device), p1])[-self.window :]
+        self._recent_target = torch.cat([self._recent_target.to(p1.device), target])[-self.window :]
         positive_rate = self._recent_target.mean()
         threshold = torch.quantile(self._recent_p1, 1 - positive_rate)
         return (p1 > threshold).float()

@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from w2s_lightning.errors import ConfigError
-from w2s_lightning.results import BOOTSTRAP, CEILING, GENERATIVE, TRANSFER, WEAK, rung
+from w2s_lightning.roles import BOOTSTRAP, CEILING, GENERATIVE, TRANSFER, WEAK, rung
 
 # What a stage predicts: every stage val and test; a supervisor also half B, for its student.
 # Every stage on ground truth predicts half B, so a model trained on ground truth is one stage
@@ -72,9 +72,11 @@ def import_function(path: str):
     """The function at ``package.module.function``: a method, or a relabelling rule."""
     try:
         return hydra.utils.get_method(path)
-    except Exception as err:  # noqa: BLE001 - Hydra raises several kinds for a bad path
-        raise ConfigError(f"function {path!r} cannot be imported ({err}); name a function as "
-                          "package.module.function, importable from where run.py runs.") from None
+    except Exception as err:
+        raise ConfigError(
+            f"function {path!r} cannot be imported ({err}); name a function as "
+            "package.module.function, importable from where run.py runs."
+        ) from None
 
 
 def direct(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
@@ -88,20 +90,30 @@ def direct(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
 
 
 def bootstrap(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
-    """``direct``, plus weak -> rung 1 -> ... -> strong through ``chain.rungs``. Half B is cut into
+    """``direct``, plus weak -> rung 1 -> ... -> strong through ``method.rungs``. Half B is cut into
     one disjoint part per step, so each rung learns from labels its supervisor made on rows
     that supervisor never trained on, and labels the next part for the rung above it."""
-    if not cfg.chain.rungs:
-        raise ConfigError("method=bootstrap needs intermediate models: add chain=<a conf/chain option>, "
-                          "e.g. chain=minilm_l6.")
-    models = [*cfg.chain.rungs.values(), cfg.strong]
+    if not cfg.method.get("rungs"):
+        raise ConfigError(
+            "bootstrapping needs intermediate models: add method/rungs=<a conf/method/rungs option> "
+            "(+method/rungs=... under method=generative), e.g. method/rungs=minilm_l6."
+        )
+    models = [*cfg.method.rungs.values(), cfg.strong]
     requests, supervisor = direct(cfg, init), WEAK
     for i, model in enumerate(models):
         last = i == len(models) - 1
         role = BOOTSTRAP if last else rung(i + 1)
-        requests.append(StageRequest(role, model, supervisor=supervisor, rows=Rows("train_b", i, len(models)),
-                                     loss=cfg.loss, init=init if last else None,
-                                     predicts=EVALUATED if last else LABELLER))
+        requests.append(
+            StageRequest(
+                role,
+                model,
+                supervisor=supervisor,
+                rows=Rows("train_b", i, len(models)),
+                loss=cfg.loss,
+                init=init if last else None,
+                predicts=EVALUATED if last else LABELLER,
+            )
+        )
         supervisor = role
     return requests
 
@@ -113,4 +125,3 @@ def generative(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
     options = {k: cfg.method[k] for k in ("epochs", "lr", "mlm_probability")}
     inner = import_function(cfg.method.then)(cfg, init=GENERATIVE)
     return [StageRequest(GENERATIVE, cfg.strong, kind="generative", options=options), *inner]
-

@@ -71,8 +71,13 @@ class Classifier(nn.Module):
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask).to(self.head.weight.dtype)).float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_ids_b: torch.Tensor | None = None,
-                attention_mask_b: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_ids_b: torch.Tensor | None = None,
+        attention_mask_b: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if input_ids_b is None:
             return self.score(input_ids, attention_mask)
         return pair_logits(self.score(input_ids, attention_mask)[:, 0], self.score(input_ids_b, attention_mask_b)[:, 0])
@@ -95,8 +100,9 @@ def add_lora(backbone: nn.Module, finetune: DictConfig) -> nn.Module:
     """Low-rank adapters on the backbone (peft); only they and the head train."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=finetune.r, lora_alpha=finetune.alpha, lora_dropout=finetune.dropout,
-                        target_modules=finetune.target_modules)
+    config = LoraConfig(
+        r=finetune.r, lora_alpha=finetune.alpha, lora_dropout=finetune.dropout, target_modules=finetune.target_modules
+    )
     return get_peft_model(backbone, config)
 
 
@@ -119,8 +125,9 @@ def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
     return config
 
 
-def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str, seed: int | None = None,
-                    dropout: bool = True) -> nn.Module:
+def load_pretrained(
+    model_class, model_cfg: DictConfig, zoo_dir: str, seed: int | None = None, dropout: bool = True
+) -> nn.Module:
     """``model_class.from_pretrained`` on ``model_cfg``'s weights (zoo, local folder or hub), in
     training mode, with a clear error when they cannot be loaded.
 
@@ -134,10 +141,15 @@ def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str, seed: int 
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         if seed is not None:
             pl.seed_everything(seed, workers=True, verbose=False)
-        attention = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.get("attn_implementation") else {}
+        attention = (
+            {"attn_implementation": model_cfg.attn_implementation} if model_cfg.get("attn_implementation") else {}
+        )
         model = model_class.from_pretrained(
-            source, config=config if dropout else without_dropout(config), trust_remote_code=trust_remote_code,
-            dtype=getattr(torch, model_cfg.get("dtype") or "float32"), **attention,
+            source,
+            config=config if dropout else without_dropout(config),
+            trust_remote_code=trust_remote_code,
+            dtype=getattr(torch, model_cfg.get("dtype") or "float32"),
+            **attention,
         )
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
@@ -146,8 +158,14 @@ def load_pretrained(model_class, model_cfg: DictConfig, zoo_dir: str, seed: int 
     return model.train()
 
 
-def load_classifier(model_cfg: DictConfig, zoo_dir: str, finetune: DictConfig | None = None,
-                    seed: int | None = None, dropout: bool = True, pairwise: bool = False) -> Classifier:
+def load_classifier(
+    model_cfg: DictConfig,
+    zoo_dir: str,
+    finetune: DictConfig | None = None,
+    seed: int | None = None,
+    dropout: bool = True,
+    pairwise: bool = False,
+) -> Classifier:
     """The backbone of ``model_cfg`` under a fresh head (a reward head when ``pairwise``); with
     ``finetune.name == 'lora'``, with LoRA adapters on the backbone. ``seed`` fixes the
     adapters' random init."""
@@ -173,9 +191,11 @@ def load_tokenizer(model_cfg: DictConfig, zoo_dir: str) -> PreTrainedTokenizerBa
         raise _load_error(model_cfg, source, err) from err
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; the mask marks padding
         if tokenizer.eos_token is None:
-            raise ModelError(f"model '{model_cfg.name}': the tokenizer in {source} has neither a pad nor an eos token, "
-                             "so batches cannot be padded. Add one and save it there (tokenizer.add_special_tokens("
-                             "{'pad_token': '<pad>'}); tokenizer.save_pretrained(folder)), or use another tokenizer.")
+            raise ModelError(
+                f"model '{model_cfg.name}': the tokenizer in {source} has neither a pad nor an eos token, "
+                "so batches cannot be padded. Add one and save it there (tokenizer.add_special_tokens("
+                "{'pad_token': '<pad>'}); tokenizer.save_pretrained(folder)), or use another tokenizer."
+            )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     # Questions and answers sit at the end of the formatted text: cut long texts on the left.
@@ -191,15 +211,23 @@ def usable_length(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, zoo
     """``model_cfg.max_length``, or the model's own limit where that is lower: its position
     table (``max_position_embeddings``, GPT-2's ``n_positions``) and its tokenizer's
     ``model_max_length``. A longer text would index past the position table mid-training."""
-    config = AutoConfig.from_pretrained(zoo.resolve(model_cfg.path, zoo_dir),
-                                        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    config = AutoConfig.from_pretrained(
+        zoo.resolve(model_cfg.path, zoo_dir), trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
+    )
     limits = [getattr(config, name, None) for name in ("max_position_embeddings", "n_positions")]
     limits.append(tokenizer.model_max_length if tokenizer.model_max_length < NO_LIMIT else None)
     limit = min((n for n in limits if n), default=model_cfg.max_length)
     if model_cfg.max_length > limit:
-        log.warning("model '%s': max_length=%d is more than its %d positions; texts are cut to %d tokens "
-                    "(set %s.max_length=%d to say so)", model_cfg.name, model_cfg.max_length, limit, limit,
-                    model_cfg.name, limit)
+        log.warning(
+            "model '%s': max_length=%d is more than its %d positions; texts are cut to %d tokens "
+            "(set %s.max_length=%d to say so)",
+            model_cfg.name,
+            model_cfg.max_length,
+            limit,
+            limit,
+            model_cfg.name,
+            limit,
+        )
         return limit
     return model_cfg.max_length
 

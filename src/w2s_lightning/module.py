@@ -1,8 +1,10 @@
-"""The LightningModule that trains a Classifier with one of the losses."""
+"""The LightningModules: ``W2SModule`` trains a Classifier with one of the losses,
+``FeatureModule`` predicts a frozen model's pooled features (probes), and
+``LanguageModelModule`` trains a model's own language-model objective (generative fine-tuning)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -79,16 +81,33 @@ class W2SModule(pl.LightningModule):
         head_ids = {id(p) for p in head}
         body = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         groups = [{"params": body}, {"params": head, "lr": self.hparams.head_lr or self.hparams.lr}]
-        return adamw_schedule(self, [g for g in groups if g["params"]], self.hparams.lr, self.hparams.weight_decay,
-                              self.hparams.lr_scheduler, self.hparams.warmup_frac, self.hparams.adamw)
+        return adamw_schedule(
+            self,
+            [g for g in groups if g["params"]],
+            self.hparams.lr,
+            self.hparams.weight_decay,
+            self.hparams.lr_scheduler,
+            self.hparams.warmup_frac,
+            self.hparams.adamw,
+        )
 
 
-ADAMW_IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True},
-                         "for_loop": {"foreach": False, "fused": False}}
+ADAMW_IMPLEMENTATIONS = {
+    "fused": {"fused": True},
+    "foreach": {"foreach": True},
+    "for_loop": {"foreach": False, "fused": False},
+}
 
 
-def adamw_schedule(module: pl.LightningModule, params, lr: float, weight_decay: float = 0.0,
-                   scheduler: str = "cosine", warmup_frac: float = 0.0, implementation: str = "fused") -> dict:
+def adamw_schedule(
+    module: pl.LightningModule,
+    params,
+    lr: float,
+    weight_decay: float = 0.0,
+    scheduler: str = "cosine",
+    warmup_frac: float = 0.0,
+    implementation: str = "fused",
+) -> dict:
     """AdamW over ``params`` (parameters or groups with their own ``lr``) with a per-step
     transformers schedule over the whole fit: Lightning's ``configure_optimizers`` answer.
     ``implementation``: one fused kernel for all parameters, a few batched (foreach) ones, or a
@@ -99,3 +118,37 @@ def adamw_schedule(module: pl.LightningModule, params, lr: float, weight_decay: 
     total = module.trainer.estimated_stepping_batches
     schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=int(warmup_frac * total), num_training_steps=total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class FeatureModule(pl.LightningModule):
+    """Predicts a classifier's pooled features (for linear probes); never trains."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self.classifier.pool(batch["input_ids"], batch["attention_mask"])
+
+
+class LanguageModelModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, lr: float, adamw: str = "fused"):
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.adamw = adamw
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"generative fine-tuning: the loss is {loss.item()}; lower method.lr "
+                f"(now {self.lr:g}) or use trainer.precision=32-true."
+            )
+        self.log("generative/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def configure_optimizers(self):
+        return adamw_schedule(
+            self, [p for p in self.parameters() if p.requires_grad], self.lr, implementation=self.adamw
+        )

@@ -1,5 +1,5 @@
-"""Processes and cores: one stage across several ranks (``trainer.devices`` > 1), and the
-threads each process of a machine gets.
+"""One stage across several ranks (``trainer.devices`` > 1). (The threads each process gets:
+``threads.py``; a started rank's entry point: ``rank.py``.)
 
 Every rank runs the whole experiment, as Lightning's DDP and FSDP strategies expect and as
 Slurm's tasks do: the same stages in the same order, each stage's fit and predict spread over
@@ -9,10 +9,13 @@ build into scratch folders, wait for rank 0 to publish, and read what it publish
 
 Lightning would start the other ranks by re-running the command line, which under a Hydra
 multirun (or pytest, or a notebook) is the wrong program. Here rank 0 starts them as
-``python -m w2s_lightning.parallel <its resolved config>`` with the environment Lightning's own
+``python -m w2s_lightning.rank <its resolved config>`` with the environment Lightning's own
 launcher sets (LOCAL_RANK, WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT): Lightning then
 finds its ranks already there, as under torchrun. Under Slurm (``hydra/launcher=slurm``, one
 task per device) the ranks exist already, and nothing is started.
+
+Why it is long: starting, connecting, watching and tearing down ranks is one protocol;
+split across modules it would hide the order its steps must run in.
 """
 
 from __future__ import annotations
@@ -25,13 +28,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -52,8 +54,10 @@ def devices(cfg: DictConfig) -> int:
     value = cfg.trainer.get("devices", 1)
     if isinstance(value, int) and value >= 1:
         return value
-    raise ConfigError(f"trainer.devices={value!r}: give a number of devices (1, 2, 8, ...); "
-                      "a list of ids or 'auto' makes the number of ranks depend on the machine.")
+    raise ConfigError(
+        f"trainer.devices={value!r}: give a number of devices (1, 2, 8, ...); "
+        "a list of ids or 'auto' makes the number of ranks depend on the machine."
+    )
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -83,24 +87,35 @@ def check(cfg: DictConfig) -> None:
         return
     name = strategy_name(cfg)
     if shards_states(cfg) and cfg.trainer.get("accelerator") != "gpu":
-        raise ConfigError(f"trainer.strategy={name} shards over GPUs (Lightning's FSDP needs CUDA); on CPUs use "
-                          "trainer.strategy=ddp.")
+        raise ConfigError(
+            f"trainer.strategy={name} shards over GPUs (Lightning's FSDP needs CUDA); on CPUs use trainer.strategy=ddp."
+        )
     if name == "auto" or any(word in name.lower() for word in UNSUPPORTED_STRATEGIES):
         raise ConfigError(
             f"trainer.devices={cfg.trainer.devices} with trainer.strategy={name}: set trainer.strategy=ddp "
             "(each rank holds the whole model) or trainer=gpu_fsdp (weights, gradients and optimizer state "
-            "sharded over the GPUs). Spawned or forked ranks cannot share the stage cache.")
-    if cfg.trainer.get("accelerator") == "gpu" and torch.cuda.device_count() < devices(cfg) \
-            and not ranks_started_outside():
-        raise ConfigError(f"trainer.devices={devices(cfg)}, but torch sees {torch.cuda.device_count()} GPU(s) here; "
-                          "set trainer.devices to at most that (CUDA_VISIBLE_DEVICES decides which).")
+            "sharded over the GPUs). Spawned or forked ranks cannot share the stage cache."
+        )
+    if (
+        cfg.trainer.get("accelerator") == "gpu"
+        and torch.cuda.device_count() < devices(cfg)
+        and not ranks_started_outside()
+    ):
+        raise ConfigError(
+            f"trainer.devices={devices(cfg)}, but torch sees {torch.cuda.device_count()} GPU(s) here; "
+            "set trainer.devices to at most that (CUDA_VISIBLE_DEVICES decides which)."
+        )
     if SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", 1)) != world_size(cfg):
-        raise ConfigError(f"this Slurm job has {os.environ.get('SLURM_NTASKS', 1)} task(s), but trainer.devices x "
-                          f"trainer.num_nodes = {world_size(cfg)}: Slurm starts the ranks, one task per device. "
-                          "hydra/launcher=slurm sets tasks_per_node from trainer.devices; set it there.")
+        raise ConfigError(
+            f"this Slurm job has {os.environ.get('SLURM_NTASKS', 1)} task(s), but trainer.devices x "
+            f"trainer.num_nodes = {world_size(cfg)}: Slurm starts the ranks, one task per device. "
+            "hydra/launcher=slurm sets tasks_per_node from trainer.devices; set it there."
+        )
     if int(cfg.trainer.get("num_nodes", 1)) > 1 and not ranks_started_outside():
-        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes}: several nodes need a cluster launcher that "
-                          "starts one task per device on each, such as hydra/launcher=slurm (python run.py -m ...).")
+        raise ConfigError(
+            f"trainer.num_nodes={cfg.trainer.num_nodes}: several nodes need a cluster launcher that "
+            "starts one task per device on each, such as hydra/launcher=slurm (python run.py -m ...)."
+        )
 
 
 def rank() -> int:
@@ -140,7 +155,7 @@ def gather(trainer: pl.Trainer, values: torch.Tensor, counts: list[int]) -> list
     if len(counts) == 1:
         return [values]
     padded = values.new_zeros((max(counts), *values.shape[1:]))
-    padded[:len(values)] = values
+    padded[: len(values)] = values
     everyone = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()
     return [everyone[r][:count] for r, count in enumerate(counts)]
 
@@ -160,31 +175,6 @@ class TransformerBlocks:
 
 
 # ------------------------------------------------------------------ threads
-
-
-def launcher() -> DictConfig:
-    """The Hydra launcher's settings of this job ({} outside a Hydra app)."""
-    try:
-        return HydraConfig.get().launcher
-    except ValueError:
-        return OmegaConf.create({})
-
-
-def threads(cfg: DictConfig) -> int:
-    """Threads for this process's torch work: ``threads`` when set; else what the job was given
-    (OMP_NUM_THREADS, or a submitit job's cpus_per_task); else the machine's cores shared among
-    the local sweep jobs (joblib's n_jobs) and this job's local ranks. torch would take one per
-    core in every process, and processes side by side then slow each other down several-fold."""
-    if cfg.get("threads"):
-        return int(cfg.threads)
-    given = os.environ.get("OMP_NUM_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK") or launcher().get("cpus_per_task")
-    if given:
-        return int(given)
-    cores = os.cpu_count() or 1
-    n_jobs = launcher().get("n_jobs") or 1
-    jobs = cores if n_jobs < 1 else n_jobs  # joblib: -1 is one job per core
-    ranks_here = 1 if ranks_started_outside() else devices(cfg)
-    return max(1, cores // (jobs * ranks_here))
 
 
 # ------------------------------------------------------------------ starting the ranks
@@ -213,23 +203,31 @@ def connect(cfg: DictConfig) -> None:
 
 
 def start_ranks(cfg: DictConfig, folder: Path, n_threads: int) -> list[subprocess.Popen]:
-    """Ranks 1..N-1 of this node, each running this module on rank 0's resolved config."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(find_free_network_port()), NODE_RANK="0",
-                      LOCAL_RANK="0", WORLD_SIZE=str(devices(cfg)), OMP_NUM_THREADS=str(n_threads))
+    """Ranks 1..N-1 of this node, each running ``rank.py`` on rank 0's resolved config."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(find_free_network_port()),
+        NODE_RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE=str(devices(cfg)),
+        OMP_NUM_THREADS=str(n_threads),
+    )
     config_file = folder / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))  # the ranks have no Hydra to resolve it
-    return [subprocess.Popen([sys.executable, "-m", __name__, str(config_file)], env={**os.environ, "LOCAL_RANK": str(r)})
-            for r in range(1, devices(cfg))]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "w2s_lightning.rank", str(config_file)], env={**os.environ, "LOCAL_RANK": str(r)}
+        )
+        for r in range(1, devices(cfg))
+    ]
 
 
 @contextlib.contextmanager
-def ranks(cfg: DictConfig) -> Iterator[None]:
+def ranks(cfg: DictConfig, n_threads: int) -> Iterator[None]:
     """Run the body with this experiment's ranks: on one device, as is; on several, connected,
-    with ranks 1..N-1 started here unless a cluster launcher started them. The process group is
-    torn down after, so the next job of a sweep in this process starts clean."""
-    n_threads = threads(cfg)
-    torch.set_num_threads(n_threads)
-    log.info("torch threads: %d in this process (%d cores on this machine)", n_threads, os.cpu_count() or 1)
+    with ranks 1..N-1 started here (``n_threads`` torch threads each) unless a cluster launcher
+    started them. The process group is torn down after, so the next job of a sweep in this
+    process starts clean."""
     if world_size(cfg) == 1:
         try:
             yield
@@ -277,8 +275,12 @@ class Watcher(threading.Thread):
         while not self.stopped.wait(1.0):
             dead = [c for c in self.children if c.poll() not in (None, 0)]
             if dead and not self.stopped.wait(5.0):
-                print(f"error: rank process {dead[0].pid} exited with {dead[0].returncode}; stopping rank 0 "
-                      "(finished stages stay in the cache: rerun to resume).", file=sys.stderr, flush=True)
+                print(
+                    f"error: rank process {dead[0].pid} exited with {dead[0].returncode}; stopping rank 0 "
+                    "(finished stages stay in the cache: rerun to resume).",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 for child in self.children:
                     if child.poll() is None:
                         child.kill()
@@ -286,20 +288,3 @@ class Watcher(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-
-
-def main(config_file: str) -> None:
-    """A rank > 0 started by ``ranks``: the same experiment, from rank 0's resolved config."""
-    from w2s_lightning import pipeline  # pipeline imports this module
-    from w2s_lightning.errors import W2SError
-
-    logging.basicConfig(level=logging.WARNING, format=f"[rank {rank()}] %(levelname)s %(name)s: %(message)s")
-    try:
-        pipeline.run(OmegaConf.load(config_file))
-    except W2SError as err:  # rank 0 prints the same error
-        print(f"error (rank {rank()}): {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])

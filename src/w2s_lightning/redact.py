@@ -17,16 +17,19 @@ MIN_SECRET_LENGTH = 8
 
 
 def environment_secrets() -> list[str]:
-    return [value for name, value in os.environ.items()
-            if SECRET_NAME.search(name) and len(value) >= MIN_SECRET_LENGTH]
+    return [value for name, value in os.environ.items() if SECRET_NAME.search(name) and len(value) >= MIN_SECRET_LENGTH]
 
 
 def redacted(value: Any, secrets: list[str] | None = None) -> Any:
     """``value`` (a config as plain dicts and lists) with every secret replaced by <redacted>."""
     secrets = environment_secrets() if secrets is None else secrets
     if isinstance(value, dict):
-        return {key: REDACTED if isinstance(key, str) and SECRET_NAME.search(key) and item not in (None, "")
-                else redacted(item, secrets) for key, item in value.items()}
+        return {
+            key: REDACTED
+            if isinstance(key, str) and SECRET_NAME.search(key) and item not in (None, "")
+            else redacted(item, secrets)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [redacted(item, secrets) for item in value]
     if isinstance(value, str) and any(secret in value for secret in secrets):

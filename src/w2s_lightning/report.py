@@ -24,13 +24,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import wandb
 from omegaconf import DictConfig
 
 from w2s_lightning import tracking
 from w2s_lightning.errors import ConfigError, W2SError
 from w2s_lightning.figures import accuracy_figures, plot_accuracy, plot_pgr
-from w2s_lightning.results import Results
 from w2s_lightning.tables import accounting, tables
 
 log = logging.getLogger(__name__)
@@ -40,30 +38,17 @@ def read_folder(folder: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """The ``results.json`` and ``skipped.json`` contents under a (multi)run folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"report.dir={folder} is not a folder; pass a multirun folder such as outputs/multiruns/<time>.")
+        raise ConfigError(
+            f"report.dir={folder} is not a folder; pass a multirun folder such as outputs/multiruns/<time>."
+        )
     results = [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
     skipped = [json.loads(p.read_text()) for p in sorted(folder.rglob("skipped.json"))]
     if not results:
-        raise ConfigError(f"no results.json under {folder}: run a sweep first (python run.py -m ...), "
-                          "or point report.dir at the folder it wrote.")
+        raise ConfigError(
+            f"no results.json under {folder}: run a sweep first (python run.py -m ...), "
+            "or point report.dir at the folder it wrote."
+        )
     return results, skipped
-
-
-def read_wandb(project: str, entity: str | None, group: str) -> list[dict]:
-    """The summary runs of one W&B group, in the shape of ``results.json``."""
-    path = f"{entity}/{project}" if entity else project
-    runs = wandb.Api().runs(path, filters={"group": group, "jobType": "summary"})
-    results = []
-    for run in runs:
-        summary = dict(run.summary)
-        if "n_test" not in summary:  # the noise rule needs it; runs before it was logged lack it
-            raise ConfigError(f"W&B run {run.name} has no n_test in its summary (it predates the noise rule); "
-                              "report its sweep from the results.json files: report.dir=<multirun folder>.")
-        results.append(Results.from_wandb(summary, dict(run.config)).to_dict())
-    if not results:
-        raise ConfigError(f"W&B has no summary runs in group {group!r} of project {path!r}; check the name "
-                          "on the dashboard (groups are sweep-<multirun folder>).")
-    return results
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -76,8 +61,10 @@ def models_section(results: list[dict]) -> str:
     for cfg in (c for r in results for c in (r["config"]["weak"], r["config"]["strong"])):
         if cfg.get("about") or cfg["name"] not in models:  # runs from before `about` existed say nothing
             models[cfg["name"]] = cfg
-    lines = [f"- {m['name']} ({m['params'] / 1e6:,.0f}M parameters)" + (f": {m['about']}" if m.get("about") else "")
-             for m in sorted(models.values(), key=lambda m: m["params"])]
+    lines = [
+        f"- {m['name']} ({m['params'] / 1e6:,.0f}M parameters)" + (f": {m['about']}" if m.get("about") else "")
+        for m in sorted(models.values(), key=lambda m: m["params"])
+    ]
     return "## Models\n\n" + "\n".join(lines)
 
 
@@ -97,14 +84,16 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
         figures.append(out / "figures" / f"{name}.png")
         fig.savefig(figures[-1], dpi=150)
         plt.close(fig)
-    markdown = "\n\n".join([
-        "# Weak-to-strong report",
-        "## Median PGR per task and loss\n\n" + _markdown(summary),
-        models_section(results),
-        "## Per pair (means over seeds)\n\n" + _markdown(pairs),
-        "## Stages\n\n" + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()),
-        "## Figures\n\n" + "\n".join(f"![{f.stem}](figures/{f.name})" for f in figures),
-    ])
+    markdown = "\n\n".join(
+        [
+            "# Weak-to-strong report",
+            "## Median PGR per task and loss\n\n" + _markdown(summary),
+            models_section(results),
+            "## Per pair (means over seeds)\n\n" + _markdown(pairs),
+            "## Stages\n\n" + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()),
+            "## Figures\n\n" + "\n".join(f"![{f.stem}](figures/{f.name})" for f in figures),
+        ]
+    )
     (out / "report.md").write_text(markdown + "\n")
     (out / "summary.md").write_text(_markdown(summary) + "\n")
     (out / "pairs.md").write_text(_markdown(pairs) + "\n")
@@ -112,38 +101,20 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
     return {"pairs": pairs, "summary": summary, "accounting": counts, "figures": figures, "out_dir": out}
 
 
-def log_to_wandb(report: dict, results: list[dict], mode: str) -> None:
-    """The report's tables and figures as one ``job_type=report`` run in the sweep's group."""
-    mode = tracking.resolve_mode(mode)
-    if mode == "disabled":
-        return
-    logger_cfg = results[0]["config"]["logger"]
-    run = wandb.init(
-        project=logger_cfg["project"], entity=logger_cfg["entity"], group=logger_cfg["group"],
-        job_type="report", name=f"{logger_cfg['group']}/report", mode=mode, dir=str(report["out_dir"]),
-        reinit="finish_previous",
-    )
-    run.log({
-        "report/summary": wandb.Table(dataframe=report["summary"]),
-        "report/pairs": wandb.Table(dataframe=report["pairs"]),
-        **{f"report/{f.stem}": wandb.Image(str(f)) for f in report["figures"]},
-    })
-    run.summary.update(report["accounting"])
-    run.finish()
-
-
 def newest_multirun(log_dir: str | os.PathLike) -> Path:
     folders = sorted(p for p in Path(log_dir, "multiruns").glob("*") if p.is_dir())
     if not folders:
-        raise ConfigError(f"no multirun folders under {Path(log_dir, 'multiruns')}; run a sweep first "
-                          "(python run.py -m ...) or set report.dir=<folder>.")
+        raise ConfigError(
+            f"no multirun folders under {Path(log_dir, 'multiruns')}; run a sweep first "
+            "(python run.py -m ...) or set report.dir=<folder>."
+        )
     return folders[-1]
 
 
 def run(cfg: DictConfig) -> dict:
     """``python run.py command=report``: read files (or W&B), write the report, log it to W&B."""
     if cfg.report.wandb_group:
-        results = read_wandb(cfg.logger.project, cfg.logger.entity, cfg.report.wandb_group)
+        results = tracking.read_summaries(cfg.logger.project, cfg.logger.entity, cfg.report.wandb_group)
         return _report(results, [], cfg.report.out_dir or Path(cfg.paths.output_dir) / "report", cfg.logger.mode)
     folder = Path(cfg.report.dir) if cfg.report.dir else newest_multirun(cfg.paths.log_dir)
     return _report(*read_folder(folder), cfg.report.out_dir or folder / "report", cfg.logger.mode)
@@ -151,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _report(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike, wandb_mode: str) -> dict:
     report = build(results, skipped, out_dir)
-    log_to_wandb(report, results, wandb_mode)
+    tracking.log_report(report, results, wandb_mode)
     print(_console(report))
     return report
 
@@ -165,9 +136,12 @@ def _console(report: dict) -> str:
         f"{counts['ground_truth_stages_trained_here']} trained in this sweep; "
         f"transfer stages: {counts['transfer_stages_used']} used, "
         f"{counts['transfer_stages_trained_here']} trained in this sweep\n"
-        + (f"warning: {len(counts['stages_trained_by_several_jobs'])} stage(s) were trained by more than one job "
-           "(a stage cache on storage without working file locks?); accounting.json lists them\n"
-           if counts["stages_trained_by_several_jobs"] else "")
+        + (
+            f"warning: {len(counts['stages_trained_by_several_jobs'])} stage(s) were trained by more than one job "
+            "(a stage cache on storage without working file locks?); accounting.json lists them\n"
+            if counts["stages_trained_by_several_jobs"]
+            else ""
+        )
         + f"report: {report['out_dir'] / 'report.md'}"
     )
 
@@ -176,15 +150,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="PGR tables and figures from a multirun folder.")
     parser.add_argument("dir", help="a multirun folder holding results.json files")
     parser.add_argument("--out", help="where to write the report (default: DIR/report)")
-    parser.add_argument("--wandb-mode", default=os.environ.get("WANDB_MODE", "auto"),
-                        choices=["auto", "online", "offline", "disabled"],
-                        help="log the tables and figures to the sweep's W&B group (default: auto)")
+    parser.add_argument(
+        "--wandb-mode",
+        default=os.environ.get("WANDB_MODE", "auto"),
+        choices=["auto", "online", "offline", "disabled"],
+        help="log the tables and figures to the sweep's W&B group (default: auto)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _report(*read_folder(args.dir), args.out or Path(args.dir) / "report", args.wandb_mode)
     except W2SError as err:
         raise SystemExit(f"error: {err}") from None
+
 
 if __name__ == "__main__":
     main()

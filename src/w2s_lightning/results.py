@@ -1,8 +1,8 @@
-"""The results schema: the role vocabulary, one stage's record, and one experiment's record.
+"""The results schema: one stage's record, and one experiment's record.
 
 The pipeline writes a ``Results`` as ``results.json``; the report, the W&B summary run and
 the notebooks read it back through ``Results.from_dict`` (or ``from_wandb``), so the names
-of roles and fields live here only.
+of fields live here only (the roles' names: ``roles.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,29 +18,10 @@ from safetensors.torch import load_file
 
 from w2s_lightning.cache import write_atomically
 from w2s_lightning.metrics import gap_noise, pgr, pgr_status
+from w2s_lightning.roles import BOOTSTRAP, CEILING, TRANSFER, WEAK, display_order
 
-# Roles: what a stage is for in its experiment (``rungN`` for the Nth bootstrapping rung).
-WEAK, CEILING, TRANSFER, BOOTSTRAP = "weak", "ceiling", "transfer", "bootstrap"
-GENERATIVE, FEATURES = "generative", "features"
-# The stages of every experiment: PGR = (transfer - weak) / (ceiling - weak).
-PGR_ROLES = (WEAK, TRANSFER, CEILING)
 # Metrics the W&B summary run holds per stage (``<role>/<metric>``): what the report reads back.
 SUMMARY_METRICS = ("acc", "auroc", "ece", "val_ece", "val_margin", "key", "reused")
-
-
-def rung(number: int) -> str:
-    return f"rung{number}"
-
-
-def is_rung(role: str) -> bool:
-    return re.fullmatch(r"rung\d+", role) is not None
-
-
-def display_order(roles) -> list[str]:
-    """Weak first, then the students (transfer, rungs, bootstrap), the ceiling last."""
-    roles = list(roles)
-    order = [WEAK, TRANSFER, *sorted((r for r in roles if is_rung(r)), key=lambda r: int(r[4:])), BOOTSTRAP, CEILING]
-    return [r for r in order if r in roles] + [r for r in roles if r not in order]
 
 
 @dataclass
@@ -61,9 +41,15 @@ class StageResult:
         """A stage from its cache folder. Classifier stages hold predictions and metrics; a
         generative stage holds weights only."""
         metrics_file, predictions_file = folder / "metrics.json", folder / "predictions.safetensors"
-        return cls(role=role, model=model, key=folder.name, path=str(folder.resolve()), reused=reused,
-                   metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
-                   predictions=load_file(str(predictions_file)) if predictions_file.exists() else {})
+        return cls(
+            role=role,
+            model=model,
+            key=folder.name,
+            path=str(folder.resolve()),
+            reused=reused,
+            metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
+            predictions=load_file(str(predictions_file)) if predictions_file.exists() else {},
+        )
 
     def to_dict(self) -> dict:
         return {"model": self.model, "key": self.key, "path": self.path, "reused": self.reused, **self.metrics}
@@ -71,8 +57,14 @@ class StageResult:
     @classmethod
     def from_dict(cls, role: str, record: dict) -> StageResult:
         record = dict(record)
-        return cls(role=role, model=record.pop("model", ""), key=record.pop("key", ""), path=record.pop("path", ""),
-                   reused=record.pop("reused", None), metrics=record)
+        return cls(
+            role=role,
+            model=record.pop("model", ""),
+            key=record.pop("key", ""),
+            path=record.pop("path", ""),
+            reused=record.pop("reused", None),
+            metrics=record,
+        )
 
 
 @dataclass
@@ -111,8 +103,11 @@ class Results:
         record = {k: v for k, v in asdict(self).items() if k != "stages"}
         record["stages"] = {role: stage.to_dict() for role, stage in self.stages.items()}
         record.update(
-            pgr=self.pgr(), pgr_auroc=self.pgr(metric="auroc"), pgr_defined=not math.isnan(self.pgr()),
-            gap=self.gap, gap_noise=gap_noise(self.metric(WEAK), self.metric(CEILING), self.n_test),
+            pgr=self.pgr(),
+            pgr_auroc=self.pgr(metric="auroc"),
+            pgr_defined=not math.isnan(self.pgr()),
+            gap=self.gap,
+            gap_noise=gap_noise(self.metric(WEAK), self.metric(CEILING), self.n_test),
             pgr_status=self.pgr_status,
         )
         if BOOTSTRAP in self.stages:
@@ -123,9 +118,13 @@ class Results:
     def from_dict(cls, record: dict) -> Results:
         """A ``results.json`` read back (computed fields such as ``pgr`` are recomputed)."""
         fields = {k: record[k] for k in ("task", "weak_model", "strong_model", "loss", "seed", "n_test", "config")}
-        return cls(**fields, method=record.get("method", "direct"),
-                   stages={role: StageResult.from_dict(role, s) for role, s in record["stages"].items()},
-                   class_balance=record.get("class_balance", {}), wall_seconds=record.get("wall_seconds", math.nan))
+        return cls(
+            **fields,
+            method=record.get("method", "direct"),
+            stages={role: StageResult.from_dict(role, s) for role, s in record["stages"].items()},
+            class_balance=record.get("class_balance", {}),
+            wall_seconds=record.get("wall_seconds", math.nan),
+        )
 
     def write(self, path: os.PathLike) -> None:
         # Whole or not at all: a report may read the sweep while this job writes.
@@ -134,24 +133,48 @@ class Results:
     def wandb_summary(self) -> dict:
         """The summary run's numbers: per stage ``<role>/<metric>``, and PGR with its status."""
         record = self.to_dict()
-        headline = ("pgr", "pgr_auroc", "pgr_defined", "pgr_status", "gap", "gap_noise", "n_test", "method",
-                    "pgr_bootstrap")
-        return {**{f"{role}/{k}": stage[k] for role, stage in record["stages"].items()
-                   for k in SUMMARY_METRICS if k in stage},
-                **{k: record[k] for k in headline if k in record}}
+        headline = (
+            "pgr",
+            "pgr_auroc",
+            "pgr_defined",
+            "pgr_status",
+            "gap",
+            "gap_noise",
+            "n_test",
+            "method",
+            "pgr_bootstrap",
+        )
+        return {
+            **{
+                f"{role}/{k}": stage[k]
+                for role, stage in record["stages"].items()
+                for k in SUMMARY_METRICS
+                if k in stage
+            },
+            **{k: record[k] for k in headline if k in record},
+        }
 
     @classmethod
     def from_wandb(cls, summary: dict, config: dict) -> Results:
         """A W&B summary run (``wandb_summary`` and the run's config) in this schema."""
         roles = {key.split("/")[0] for key in summary if key.endswith("/acc")}
-        stages = {role: StageResult.from_dict(role, {k: summary.get(f"{role}/{k}", math.nan) for k in SUMMARY_METRICS})
-                  for role in roles}
+        stages = {
+            role: StageResult.from_dict(role, {k: summary.get(f"{role}/{k}", math.nan) for k in SUMMARY_METRICS})
+            for role in roles
+        }
         for role, stage in stages.items():  # the summary names no models: the pair's are known
             stage.model = config["weak"]["name"] if role == WEAK else config["strong"]["name"]
-        return cls(task=config["task"]["name"], weak_model=config["weak"]["name"],
-                   strong_model=config["strong"]["name"], loss=config["loss"]["name"],
-                   method=summary.get("method", "direct"), seed=config["seed"], n_test=summary["n_test"],
-                   stages=stages, config=config)
+        return cls(
+            task=config["task"]["name"],
+            weak_model=config["weak"]["name"],
+            strong_model=config["strong"]["name"],
+            loss=config["loss"]["name"],
+            method=summary.get("method", "direct"),
+            seed=config["seed"],
+            n_test=summary["n_test"],
+            stages=stages,
+            config=config,
+        )
 
     def console(self, path: os.PathLike) -> str:
         """The one-screen table printed at the end of a run."""
@@ -168,19 +191,25 @@ class Results:
                 continue  # a generative stage has weights, no predictions
             how = "reused from cache" if stage.reused else f"trained in {s.get('total_seconds', nan):.0f}s"
             agree = f"{100 * s['agreement']:>6.1f}%" if "agreement" in s else f"{'':>7}"
-            lines.append(f"  {role:<10}{stage.model:<16}{100 * s['acc']:>9.1f}%{s['auroc']:>8.3f}{s['ece']:>7.3f}"
-                         f"{agree}{s.get('val_ece', nan):>9.3f}{s.get('val_margin', nan):>8.3f}  {how}")
+            lines.append(
+                f"  {role:<10}{stage.model:<16}{100 * s['acc']:>9.1f}%{s['auroc']:>8.3f}{s['ece']:>7.3f}"
+                f"{agree}{s.get('val_ece', nan):>9.3f}{s.get('val_margin', nan):>8.3f}  {how}"
+            )
             if "label_ece" in s and role == WEAK:
-                lines.append(f"  {'':<10}{'its labels of half B:':<26} accuracy {100 * s['label_acc']:.1f}%, "
-                             f"ECE {s['label_ece']:.3f}, margin {s['label_margin']:.3f}")
+                lines.append(
+                    f"  {'':<10}{'its labels of half B:':<26} accuracy {100 * s['label_acc']:.1f}%, "
+                    f"ECE {s['label_ece']:.3f}, margin {s['label_margin']:.3f}"
+                )
         if record["pgr_defined"]:
             line = f"  PGR (accuracy) = {record['pgr']:.3f}   PGR (AUROC) = {record['pgr_auroc']:.3f}"
             if "pgr_bootstrap" in record:
                 line += f"   PGR (bootstrapped) = {record['pgr_bootstrap']:.3f}"
             lines.append(line)
             if self.pgr_status == "gap within noise":
-                lines.append(f"  ...but the ceiling - weak gap ({100 * self.gap:.1f} points) is within the test noise "
-                             f"(2 standard errors: {100 * record['gap_noise']:.1f} points): this PGR carries no signal")
+                lines.append(
+                    f"  ...but the ceiling - weak gap ({100 * self.gap:.1f} points) is within the test noise "
+                    f"(2 standard errors: {100 * record['gap_noise']:.1f} points): this PGR carries no signal"
+                )
         else:
             lines.append("  PGR undefined: the ceiling does not beat the weak model (reported as NaN)")
         lines.append("  (ECE and AUROC on test; val ECE and margin = mean |p - 0.5| on the validation split)")

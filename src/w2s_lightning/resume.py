@@ -39,9 +39,17 @@ class ResumePoint(pl.Callback):
         self.batches_done = 0
         self._previous_usr1 = None
         # Lightning's ModelCheckpoint writes resume.ckpt every N optimizer steps, over the last one.
-        self.periodic = ModelCheckpoint(dirpath=str(self.folder), filename=Path(CHECKPOINT).stem, save_top_k=1,
-                                        every_n_train_steps=every_n_steps, enable_version_counter=False) \
-            if every_n_steps else None
+        self.periodic = (
+            ModelCheckpoint(
+                dirpath=str(self.folder),
+                filename=Path(CHECKPOINT).stem,
+                save_top_k=1,
+                every_n_train_steps=every_n_steps,
+                enable_version_counter=False,
+            )
+            if every_n_steps
+            else None
+        )
 
     @property
     def checkpoint(self) -> Path:
@@ -59,12 +67,17 @@ class ResumePoint(pl.Callback):
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as err:  # a kill while it was written, or a file that needs pickle
-            log.warning("the in-progress checkpoint %s cannot be loaded safely (%s: %s); the stage starts over",
-                        self.checkpoint, type(err).__name__, str(err).splitlines()[0])
+            log.warning(
+                "the in-progress checkpoint %s cannot be loaded safely (%s: %s); the stage starts over",
+                self.checkpoint,
+                type(err).__name__,
+                str(err).splitlines()[0],
+            )
             self.done()
             return None
-        log.info("resuming from %s at optimizer step %d (epoch %d)", self.checkpoint, state["global_step"],
-                 state["epoch"])
+        log.info(
+            "resuming from %s at optimizer step %d (epoch %d)", self.checkpoint, state["global_step"], state["epoch"]
+        )
         return str(self.checkpoint)
 
     def done(self) -> None:
@@ -97,8 +110,11 @@ class ResumePoint(pl.Callback):
         self._restore_usr1()
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.checkpoint)
-            log.warning("stopped by SIGTERM at optimizer step %d: progress saved in %s; rerun to resume",
-                        trainer.global_step, self.checkpoint)
+            log.warning(
+                "stopped by SIGTERM at optimizer step %d: progress saved in %s; rerun to resume",
+                trainer.global_step,
+                self.checkpoint,
+            )
 
     def _restore_usr1(self) -> None:
         if self._previous_usr1 is not None:

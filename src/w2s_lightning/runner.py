@@ -4,6 +4,9 @@ For every request the runner asks ``stage_key`` for its spec, and the cache eith
 back the folder built earlier under that key or builds it now: train (or relabel), select the
 checkpoint, predict, and write ``predictions.safetensors`` and ``metrics.json``. The task's
 splits are never changed; a request's rows are cut from them by ``Rows.indices``.
+
+Why it is long: one builder per stage kind (classifier, features, generative, relabel) and
+the parts they share (Trainer, DataModule, tokenisation, gathered predictions).
 """
 
 from __future__ import annotations
@@ -32,23 +35,13 @@ from w2s_lightning.errors import ConfigError
 from w2s_lightning.methods import LABELLER, StageRequest, import_function
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
-from w2s_lightning.module import W2SModule
-from w2s_lightning.results import FEATURES, StageResult
+from w2s_lightning.module import FeatureModule, W2SModule
+from w2s_lightning.results import StageResult
 from w2s_lightning.resume import ResumePoint
+from w2s_lightning.roles import FEATURES
 from w2s_lightning.speed import Throughput
 
 log = logging.getLogger(__name__)
-
-
-class FeatureModule(pl.LightningModule):
-    """Predicts a classifier's pooled features (for linear probes); never trains."""
-
-    def __init__(self, classifier: torch.nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self.classifier.pool(batch["input_ids"], batch["attention_mask"])
 
 
 def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
@@ -56,7 +49,11 @@ def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
     ``train.batch_size`` examples, however many ranks share them."""
     per_step = model_cfg.minibatch_size * parallel.world_size(cfg)
     if cfg.train.batch_size % per_step:
-        ranks = f" x {parallel.world_size(cfg)} ranks (trainer.devices x num_nodes)" if per_step != model_cfg.minibatch_size else ""
+        ranks = (
+            f" x {parallel.world_size(cfg)} ranks (trainer.devices x num_nodes)"
+            if per_step != model_cfg.minibatch_size
+            else ""
+        )
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
             f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}{ranks}; change one of them."
@@ -84,28 +81,25 @@ class StageRunner:
 
     def build(self, request: StageRequest, built: dict[str, StageResult]) -> StageResult:
         supervisor, init = (self.earlier(request, name, built) for name in ("supervisor", "init"))
-        request = replace(request, predicts=tuple(n for n in request.predicts if len(self.splits[n])))  # n_val=0
-        features = None
-        if request.kind == "classifier" and self.cfg.finetune.name == "probe":
-            features = {split: self.build(StageRequest(f"{FEATURES}:{split}", request.model, init=request.init,
-                                                       kind="features", predicts=(split,)), built)
-                        for split in ("train_a", *LABELLER) if len(self.splits[split])}
-        keys = {"supervisor": supervisor and supervisor.key, "init": init and init.key,
-                "features": features and "+".join(stage.key for stage in features.values())}
-        # A split's frozen features depend on its texts and the model only: keyed by that
-        # split alone, test's are computed once and shared by every seed.
-        data_key = stage_key.fingerprint({request.predicts[0]: self.splits[request.predicts[0]]}) \
-            if request.kind == "features" else self.data_key
-        spec = stage_key.spec(self.cfg, data_key, request, keys)
+        request = self.trimmed(request)
+        features = {r.predicts[0]: self.build(r, built) for r in self.feature_requests(request)} or None
+        keys = {
+            "supervisor": supervisor and supervisor.key,
+            "init": init and init.key,
+            "features": features and "+".join(stage.key for stage in features.values()),
+        }
+        kind, spec = self.entry(request, keys)
         builder = getattr(self, f"_{request.kind}")
-        kind = stage_key.kind_of(request)
         progress = self.cache.resume_folder(kind, spec)
-        folder, reused = self.cache.get_or_build(kind, spec,
-                                                 lambda out: builder(out, request, supervisor, init, features, progress))
+        folder, reused = self.cache.get_or_build(
+            kind, spec, lambda out: builder(out, request, supervisor, init, features, progress), ranks=parallel
+        )
         shutil.rmtree(progress, ignore_errors=True)  # published: its in-progress checkpoints served their purpose
         model = request.model.name if request.model is not None else f"{supervisor.model} relabelled"
         if reused:
-            log.info("%s: reusing %s (%s) from the cache, not retraining: %s", request.role, model, request.kind, folder)
+            log.info(
+                "%s: reusing %s (%s) from the cache, not retraining: %s", request.role, model, request.kind, folder
+            )
         return StageResult.load(request.role, model, folder, reused)
 
     @staticmethod
@@ -113,9 +107,36 @@ class StageRunner:
         """The built stage that ``request`` names as its ``field`` (supervisor, init), if any."""
         role = getattr(request, field)
         if role is not None and role not in built:
-            raise ConfigError(f"stage {request.role!r} names {role!r} as its {field}, but no earlier request "
-                              f"builds it; built so far: {sorted(built)}.")
+            raise ConfigError(
+                f"stage {request.role!r} names {role!r} as its {field}, but no earlier request "
+                f"builds it; built so far: {sorted(built)}."
+            )
         return built.get(role)
+
+    def trimmed(self, request: StageRequest) -> StageRequest:
+        """``request`` without the empty splits it would predict (``task.n_val=0``)."""
+        return replace(request, predicts=tuple(n for n in request.predicts if len(self.splits[n])))
+
+    def feature_requests(self, request: StageRequest) -> list[StageRequest]:
+        """Under ``finetune=probe``, the frozen features a classifier trains on: one stage per split."""
+        if request.kind != "classifier" or self.cfg.finetune.name != "probe":
+            return []
+        return [
+            StageRequest(f"{FEATURES}:{split}", request.model, init=request.init, kind="features", predicts=(split,))
+            for split in ("train_a", *LABELLER)
+            if len(self.splits[split])
+        ]
+
+    def entry(self, request: StageRequest, keys: dict[str, str | None]) -> tuple[str, dict]:
+        """The cache entry's kind and spec of ``request``; ``keys``: the entries it depends on."""
+        # A split's frozen features depend on its texts and the model only: keyed by that
+        # split alone, test's are computed once and shared by every seed.
+        data_key = (
+            stage_key.fingerprint({request.predicts[0]: self.splits[request.predicts[0]]})
+            if request.kind == "features"
+            else self.data_key
+        )
+        return stage_key.kind_of(request), stage_key.spec(self.cfg, data_key, request, keys)
 
     # ------------------------------------------------------------ builders, one per kind
 
@@ -138,38 +159,40 @@ class StageRunner:
     def _relabel(self, out: Path, request: StageRequest, supervisor: StageResult, *_) -> None:
         log.info("%s: %s applied to %s's labels", request.role, request.options["fn"], supervisor.role)
         relabelled = import_function(request.options["fn"])(supervisor.predictions)
-        save_file({n: relabelled[n].float().contiguous() for n in request.predicts}, str(out / "predictions.safetensors"))
+        save_file(
+            {n: relabelled[n].float().contiguous() for n in request.predicts}, str(out / "predictions.safetensors")
+        )
         test_labels = torch.tensor(self.splits["test"]["label"])
         (out / "metrics.json").write_text(json.dumps(evaluate(relabelled["test"], test_labels), indent=2))
 
-    def _classifier(self, out: Path, request: StageRequest, supervisor: StageResult | None,
-                    init: StageResult | None, features: dict[str, StageResult] | None, progress: Path) -> None:
+    def _classifier(
+        self,
+        out: Path,
+        request: StageRequest,
+        supervisor: StageResult | None,
+        init: StageResult | None,
+        features: dict[str, StageResult] | None,
+        progress: Path,
+    ) -> None:
         """Fit on the request's rows (from the in-progress checkpoint in ``progress`` when a
-        killed build left one), select the checkpoint ``select`` asks for (students only),
-        predict, and write the predictions and metrics into ``out``."""
+        killed build left one), predict with the checkpoint ``select`` chose (students only),
+        and write the predictions and metrics into ``out``."""
         started, cfg, model_cfg, rows = time.time(), self.cfg, request.model, request.rows
-        log.info("%s: training %s on %s", request.role, model_cfg.name,
-                 f"{supervisor.role}'s labels of {rows.name}" if supervisor else "ground truth")
-        targets = self.targets(request, supervisor)
+        log.info(
+            "%s: training %s on %s",
+            request.role,
+            model_cfg.name,
+            f"{supervisor.role}'s labels of {rows.name}" if supervisor else "ground truth",
+        )
         if features is not None:
             features = {split: stage.predictions[split] for split, stage in features.items()}
             features[rows.name] = self.cut(request, features[rows.split])
-            classifier = LinearProbe(features["train_a"].shape[1])
-        else:
-            classifier = load_classifier(self.weights(model_cfg, init), cfg.paths.zoo_dir, cfg.finetune,
-                                         seed=cfg.seed, dropout=cfg.train.dropout, pairwise=cfg.task.pairwise)
-        if cfg.train.compile:
-            classifier.compile(dynamic=True)  # in place: the state dict keeps its names
-        datamodule = self.datamodule(request, targets, features)
-        module = W2SModule(
-            classifier, hydra.utils.instantiate(request.loss.fn), lr=cfg.finetune.lr or model_cfg.lr,
-            head_lr=cfg.train.head_lr, weight_decay=cfg.train.weight_decay, lr_scheduler=cfg.train.lr_scheduler,
-            warmup_frac=cfg.train.warmup_frac, adamw=cfg.train.adamw, role=request.role,
-        )
+        datamodule = self.datamodule(request, self.targets(request, supervisor), features)
+        module = self.module(request, init, features)
         logger = tracking.stage_logger(cfg, request.role, model_cfg.name)
         resume = ResumePoint(progress, cfg.train.checkpoint_every)
-        trainer = self.trainer(model_cfg, cfg.finetune.epochs or cfg.train.epochs, out, logger,
-                               student=supervisor is not None, resume=resume)
+        epochs = cfg.finetune.epochs or cfg.train.epochs
+        trainer = self.trainer(model_cfg, epochs, out, logger, student=supervisor is not None, resume=resume)
         with tracking.finished_when_done(logger):
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.start_from(), weights_only=True)
@@ -178,20 +201,13 @@ class StageRunner:
             train_seconds = time.time() - started
             selection = next((c for c in trainer.checkpoint_callbacks if c is not resume.periodic), None)
             best = selection.best_model_path if selection else None
-            predictions = self.save(out, trainer, datamodule, request.predicts,
-                                    trainer.predict(module, datamodule=datamodule, ckpt_path=best or None,
-                                                    weights_only=True))
-            truth = {name: torch.tensor(self.splits[name]["label"]) for name in request.predicts}
-            metrics = evaluate(predictions["test"], truth["test"])
-            # Calibration where a researcher may look without touching test: on val, and, for a
-            # stage that supervises another, on the labels it hands on (half B).
-            for prefix, name in (("val", "val"), ("label", "train_b")):
-                if name in predictions:
-                    metrics.update({f"{prefix}_{k}": v for k, v in evaluate(predictions[name], truth[name]).items()})
-            if supervisor:
-                metrics.update(agreement(predictions["test"], supervisor.predictions["test"], truth["test"]))
+            outputs = trainer.predict(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            predictions = self.save(out, trainer, datamodule, request.predicts, outputs)
+            metrics = self.scores(predictions, supervisor)
             metrics.update(
-                train_seconds=train_seconds, total_seconds=time.time() - started, n_train=len(datamodule.splits[rows.name]),
+                train_seconds=train_seconds,
+                total_seconds=time.time() - started,
+                n_train=len(datamodule.splits[rows.name]),
                 selection=cfg.select.name if supervisor else "last",
                 selected_step=int(Path(best).stem.split("step=")[1]) if best else trainer.global_step,
                 **self.throughput(trainer).metrics(),
@@ -199,6 +215,50 @@ class StageRunner:
             if logger:
                 logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    def module(
+        self, request: StageRequest, init: StageResult | None, features: dict[str, torch.Tensor] | None
+    ) -> W2SModule:
+        """The classifier to train (a linear probe on ``features``, else the model from its weights
+        or ``init``'s), wrapped with the request's loss and the recipe's optimiser settings."""
+        cfg, model_cfg = self.cfg, request.model
+        if features is not None:
+            classifier = LinearProbe(features["train_a"].shape[1])
+        else:
+            classifier = load_classifier(
+                self.weights(model_cfg, init),
+                cfg.paths.zoo_dir,
+                cfg.finetune,
+                seed=cfg.seed,
+                dropout=cfg.train.dropout,
+                pairwise=cfg.task.pairwise,
+            )
+        if cfg.train.compile:
+            classifier.compile(dynamic=True)  # in place: the state dict keeps its names
+        return W2SModule(
+            classifier,
+            hydra.utils.instantiate(request.loss.fn),
+            lr=cfg.finetune.lr or model_cfg.lr,
+            head_lr=cfg.train.head_lr,
+            weight_decay=cfg.train.weight_decay,
+            lr_scheduler=cfg.train.lr_scheduler,
+            warmup_frac=cfg.train.warmup_frac,
+            adamw=cfg.train.adamw,
+            role=request.role,
+        )
+
+    def scores(self, predictions: dict[str, torch.Tensor], supervisor: StageResult | None) -> dict:
+        """Test accuracy, AUROC and calibration; calibration where a researcher may look without
+        touching test (val, and half B's labels for a stage that supervises another); a student's
+        agreement with its supervisor."""
+        truth = {name: torch.tensor(self.splits[name]["label"]) for name in predictions}
+        metrics = evaluate(predictions["test"], truth["test"])
+        for prefix, name in (("val", "val"), ("label", "train_b")):
+            if name in predictions:
+                metrics.update({f"{prefix}_{k}": v for k, v in evaluate(predictions[name], truth[name]).items()})
+        if supervisor:
+            metrics.update(agreement(predictions["test"], supervisor.predictions["test"], truth["test"]))
+        return metrics
 
     # ------------------------------------------------------------ parts
 
@@ -223,7 +283,7 @@ class StageRunner:
     def cut(self, request: StageRequest, values: torch.Tensor) -> torch.Tensor:
         """The part of ``values`` (one per row of the request's split) that its rows cover."""
         indices = request.rows.indices(len(self.splits[request.rows.split]))
-        return values[indices.start:indices.stop]
+        return values[indices.start : indices.stop]
 
     def targets(self, request: StageRequest, supervisor: StageResult | None) -> dict[str, torch.Tensor]:
         """What a student trains and validates on: its supervisor's soft labels of its rows and
@@ -231,13 +291,24 @@ class StageRunner:
         if supervisor is None:
             return {}
         if request.rows.split not in supervisor.predictions:
-            raise ConfigError(f"stage {request.role!r} trains on {supervisor.role}'s labels of {request.rows.split}, "
-                              f"but {supervisor.role} predicts only {sorted(supervisor.predictions)}.")
-        return {request.rows.name: self.cut(request, supervisor.predictions[request.rows.split]),
-                "val": supervisor.predictions.get("val", torch.empty(0))}
+            raise ConfigError(
+                f"stage {request.role!r} trains on {supervisor.role}'s labels of {request.rows.split}, "
+                f"but {supervisor.role} predicts only {sorted(supervisor.predictions)}."
+            )
+        return {
+            request.rows.name: self.cut(request, supervisor.predictions[request.rows.split]),
+            "val": supervisor.predictions.get("val", torch.empty(0)),
+        }
 
-    def trainer(self, model_cfg: DictConfig, epochs: int, out: Path, logger, student: bool = False,
-                resume: ResumePoint | None = None) -> pl.Trainer:
+    def trainer(
+        self,
+        model_cfg: DictConfig,
+        epochs: int,
+        out: Path,
+        logger,
+        student: bool = False,
+        resume: ResumePoint | None = None,
+    ) -> pl.Trainer:
         """A Trainer from ``conf/trainer``. A student also gets the callbacks of its selection
         rule (``conf/select``): a ``ModelCheckpoint`` that keeps its best weights, perhaps
         ``EarlyStopping``. A stage that can resume gets ``resume``'s callbacks, and its
@@ -249,8 +320,12 @@ class StageRunner:
                 callback.dirpath = str(resume.folder / "selection" if resume else out / "checkpoints")
         callbacks += [Throughput(), *(resume.callbacks() if resume else [])]
         return hydra.utils.instantiate(
-            self.cfg.trainer, max_epochs=epochs, accumulate_grad_batches=accumulation(self.cfg, model_cfg),
-            logger=logger, default_root_dir=self.cfg.paths.output_dir, callbacks=callbacks,
+            self.cfg.trainer,
+            max_epochs=epochs,
+            accumulate_grad_batches=accumulation(self.cfg, model_cfg),
+            logger=logger,
+            default_root_dir=self.cfg.paths.output_dir,
+            callbacks=callbacks,
             enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
             val_check_interval=self.cfg.select.val_every,
             use_distributed_sampler=False,  # the loaders share their rows among ranks themselves (data.py)
@@ -260,29 +335,40 @@ class StageRunner:
     def throughput(trainer: pl.Trainer) -> Throughput:
         return next(c for c in trainer.callbacks if isinstance(c, Throughput))
 
-    def datamodule(self, request: StageRequest, targets: dict[str, torch.Tensor],
-                   features: dict[str, torch.Tensor] | None) -> TaskDataModule:
+    def datamodule(
+        self, request: StageRequest, targets: dict[str, torch.Tensor], features: dict[str, torch.Tensor] | None
+    ) -> TaskDataModule:
         """The request's rows and the splits it predicts, as cached features (probes) or
         tokenised for its model, with ``targets`` in place of the ground truth."""
         model_cfg = request.model
-        common = dict(train_split=request.rows.name, predict_splits=list(request.predicts),
-                      targets={name: t.numpy() for name, t in targets.items()},
-                      minibatch_size=model_cfg.minibatch_size, eval_batch_size=model_cfg.eval_batch_size)
+        common = dict(
+            train_split=request.rows.name,
+            predict_splits=list(request.predicts),
+            targets={name: t.numpy() for name, t in targets.items()},
+            minibatch_size=model_cfg.minibatch_size,
+            eval_batch_size=model_cfg.eval_batch_size,
+        )
         if features is not None:
             return FeatureDataModule(self.with_rows(request, self.splits), features, **common)
         tokenizer, splits = self.tokenized(model_cfg)
-        return TaskDataModule(self.with_rows(request, splits), tokenizer, seed=self.cfg.seed,
-                              length_buckets=self.cfg.train.length_buckets, **common)
+        return TaskDataModule(
+            self.with_rows(request, splits),
+            tokenizer,
+            seed=self.cfg.seed,
+            length_buckets=self.cfg.train.length_buckets,
+            **common,
+        )
 
     @staticmethod
-    def save(out: Path, trainer: pl.Trainer, datamodule: TaskDataModule, names: tuple[str, ...],
-             outputs) -> dict[str, torch.Tensor]:
+    def save(
+        out: Path, trainer: pl.Trainer, datamodule: TaskDataModule, names: tuple[str, ...], outputs
+    ) -> dict[str, torch.Tensor]:
         """Predictions per split, gathered from every rank, back in row order, written to
         ``out/predictions.safetensors``."""
         if len(names) == 1:  # Lightning unnests a single loader's batches
             outputs = [outputs]
         predictions = {}
-        for name, batches in zip(names, outputs):
+        for name, batches in zip(names, outputs, strict=True):
             counts = [len(datamodule.rows_of_rank(name, r, trainer.world_size)) for r in range(trainer.world_size)]
             shares = parallel.gather(trainer, torch.cat(batches).float(), counts)
             predictions[name] = datamodule.in_row_order(name, shares).contiguous()

@@ -43,8 +43,12 @@ def plain(node: DictConfig | None):
 def fingerprint(splits) -> str:
     """A hash of every split's texts and labels: stage keys follow the data itself, so edited
     files, another hub revision or a changed formatter never reuse stale stages."""
-    return content_key({name: [list(rows[c]) for c in ("text", "text_b", "label") if c in rows.column_names]
-                        for name, rows in splits.items()})
+    return content_key(
+        {
+            name: [list(rows[c]) for c in ("text", "text_b", "label") if c in rows.column_names]
+            for name, rows in splits.items()
+        }
+    )
 
 
 def model_settings(model_cfg: DictConfig) -> dict:
@@ -56,8 +60,11 @@ def task_settings(task_cfg: DictConfig) -> dict:
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
-    return {k: v for k, v in plain(cfg.trainer).items()
-            if k not in DISPLAY_ONLY_TRAINER_KEYS and (k not in LIGHTNING_DEFAULTS or LIGHTNING_DEFAULTS[k] != v)}
+    return {
+        k: v
+        for k, v in plain(cfg.trainer).items()
+        if k not in DISPLAY_ONLY_TRAINER_KEYS and (k not in LIGHTNING_DEFAULTS or LIGHTNING_DEFAULTS[k] != v)
+    }
 
 
 def kind_of(request: StageRequest) -> str:
@@ -72,22 +79,35 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
     """The spec of ``request``; ``keys`` holds the cache keys of the stages it depends on
     (``supervisor``, ``init``, ``features``)."""
     if request.kind == "features":  # a frozen forward pass: no seed, and the task is in the texts
-        return {"format": STAGE_FORMAT, "data": data_key, "features": True, "model": model_settings(request.model),
-                "trainer": trainer_settings(cfg), "init": keys.get("init")}
+        return {
+            "format": STAGE_FORMAT,
+            "data": data_key,
+            "features": True,
+            "model": model_settings(request.model),
+            "trainer": trainer_settings(cfg),
+            "init": keys.get("init"),
+        }
     common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": task_settings(cfg.task)}
     if request.kind == "relabel":  # no model trains: the function and its input decide everything
-        return {**common, "relabel": request.options["fn"], "supervisor": keys["supervisor"],
-                "predicts": list(request.predicts)}
+        return {
+            **common,
+            "relabel": request.options["fn"],
+            "supervisor": keys["supervisor"],
+            "predicts": list(request.predicts),
+        }
     common.update(model=model_settings(request.model), trainer=trainer_settings(cfg), init=keys.get("init"))
     if request.kind == "generative":
         return {**common, "generative": dict(request.options), "batch_size": cfg.train.batch_size}
     return {
-        **common, "train": {k: v for k, v in plain(cfg.train).items() if k not in RUN_ONLY_TRAIN_KEYS},
-        "finetune": plain(cfg.finetune), "loss": plain(request.loss),
+        **common,
+        "train": {k: v for k, v in plain(cfg.train).items() if k not in RUN_ONLY_TRAIN_KEYS},
+        "finetune": plain(cfg.finetune),
+        "loss": plain(request.loss),
         # Model selection is a student's method: a stage on ground truth always keeps its last
         # weights, so PGRs of every selection rule share their end points.
         "select": plain(cfg.select) if request.supervisor else None,
         "labels": keys["supervisor"] if request.supervisor else GROUND_TRUTH,
         "rows": [request.rows.split, request.rows.part, request.rows.parts],
-        "predicts": list(request.predicts), "features": keys.get("features"),
+        "predicts": list(request.predicts),
+        "features": keys.get("features"),
     }

@@ -14,14 +14,25 @@ from collections import Counter
 import pandas as pd
 from scipy import stats
 
-from w2s_lightning.results import BOOTSTRAP, CEILING, PGR_ROLES, TRANSFER, WEAK, Results, is_rung
+from w2s_lightning.results import Results
+from w2s_lightning.roles import BOOTSTRAP, CEILING, PGR_ROLES, TRANSFER, WEAK, is_rung
 
 # Stage metrics copied into a record as <role>_<metric> (NaN where a stage lacks one).
-STAGE_EXTRAS = {WEAK: ("val_ece", "label_ece", "label_margin"), CEILING: ("val_ece", "val_margin"),
-                TRANSFER: ("val_margin",)}
+STAGE_EXTRAS = {
+    WEAK: ("val_ece", "label_ece", "label_margin"),
+    CEILING: ("val_ece", "val_margin"),
+    TRANSFER: ("val_margin",),
+}
 # Per-pair means shown beside PGR (NaN where a run has no such stage or metric).
-OPTIONAL_MEANS = ("pgr_auroc", "transfer_ece", "agreement", "agreement_where_weak_wrong", "bootstrap_acc",
-                  "pgr_bootstrap", *(f"{role}_{m}" for role, metrics in STAGE_EXTRAS.items() for m in metrics))
+OPTIONAL_MEANS = (
+    "pgr_auroc",
+    "transfer_ece",
+    "agreement",
+    "agreement_where_supervisor_wrong",
+    "bootstrap_acc",
+    "pgr_bootstrap",
+    *(f"{role}_{m}" for role, metrics in STAGE_EXTRAS.items() for m in metrics),
+)
 PAIR = ["task", "method", "loss", "weak", "strong"]
 # Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
 # what does not change results (where files go, logging, which command ran).
@@ -34,18 +45,26 @@ def record(record: dict) -> dict:
     results = Results.from_dict(record)
     stage = results.metric
     row = {
-        "task": results.task, "method": results.method, "loss": results.loss, "seed": results.seed,
-        "weak": results.weak_model, "strong": results.strong_model,
+        "task": results.task,
+        "method": results.method,
+        "loss": results.loss,
+        "seed": results.seed,
+        "weak": results.weak_model,
+        "strong": results.strong_model,
         "weak_params": float(results.config["weak"]["params"]),
         "strong_params": float(results.config["strong"]["params"]),
         **{f"{role}_acc": stage(role) for role in PGR_ROLES},
         **{f"{role}_auroc": stage(role, "auroc") for role in PGR_ROLES},
-        "pgr": results.pgr(), "pgr_auroc": results.pgr(metric="auroc"), "pgr_status": results.pgr_status,
+        "pgr": results.pgr(),
+        "pgr_auroc": results.pgr(metric="auroc"),
+        "pgr_status": results.pgr_status,
         **{f"{role}_{m}": stage(role, m) for role, metrics in STAGE_EXTRAS.items() for m in metrics},
-        "transfer_ece": stage(TRANSFER, "ece"), "agreement": stage(TRANSFER, "agreement"),
-        "agreement_where_weak_wrong": stage(TRANSFER, "agreement_where_supervisor_wrong"),
+        "transfer_ece": stage(TRANSFER, "ece"),
+        "agreement": stage(TRANSFER, "agreement"),
+        "agreement_where_supervisor_wrong": stage(TRANSFER, "agreement_where_supervisor_wrong"),
         # Bootstrapping: the last rung is the strong model, beside the direct transfer.
-        "bootstrap_acc": stage(BOOTSTRAP), "pgr_bootstrap": results.pgr(BOOTSTRAP),
+        "bootstrap_acc": stage(BOOTSTRAP),
+        "pgr_bootstrap": results.pgr(BOOTSTRAP),
     }
     for role in (r for r in results.stages if is_rung(r)):  # every intermediate rung, in order
         row[f"{role}_model"], row[f"{role}_acc"] = results.stages[role].model, stage(role)
@@ -92,19 +111,30 @@ def pair_table(records: pd.DataFrame) -> pd.DataFrame:
     for pair, group in records.groupby(keys, sort=False, dropna=False):
         mean, low, high = interval(group["pgr"])
         _, acc_low, acc_high = interval(group["transfer_acc"])
-        rows.append({
-            **dict(zip(keys, pair)), "seeds": len(group),
-            **{f"{role}_acc": group[f"{role}_acc"].mean() for role in PGR_ROLES},
-            "transfer_acc_low": acc_low, "transfer_acc_high": acc_high,
-            "pgr": mean, "pgr_low": low, "pgr_high": high,
-            **{column: group[column].mean() for column in OPTIONAL_MEANS},
-            **{column: (group[column].mean() if column.endswith("_acc") else group[column].iloc[0])
-               for column in group.columns if is_rung(column.split("_")[0])},
-            "status": _status(group),
-            "weak_params": group["weak_params"].iloc[0], "strong_params": group["strong_params"].iloc[0],
-        })
-    table = pd.DataFrame(rows).sort_values(["task", "method", "loss", *variants(records), "weak_params",
-                                            "strong_params"])
+        rows.append(
+            {
+                **dict(zip(keys, pair, strict=True)),
+                "seeds": len(group),
+                **{f"{role}_acc": group[f"{role}_acc"].mean() for role in PGR_ROLES},
+                "transfer_acc_low": acc_low,
+                "transfer_acc_high": acc_high,
+                "pgr": mean,
+                "pgr_low": low,
+                "pgr_high": high,
+                **{column: group[column].mean() for column in OPTIONAL_MEANS},
+                **{
+                    column: (group[column].mean() if column.endswith("_acc") else group[column].iloc[0])
+                    for column in group.columns
+                    if is_rung(column.split("_")[0])
+                },
+                "status": _status(group),
+                "weak_params": group["weak_params"].iloc[0],
+                "strong_params": group["strong_params"].iloc[0],
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(
+        ["task", "method", "loss", *variants(records), "weak_params", "strong_params"]
+    )
     return table.drop(columns=["weak_params", "strong_params"]).reset_index(drop=True)
 
 
@@ -117,15 +147,20 @@ def summary_table(records: pd.DataFrame) -> pd.DataFrame:
         same_size = group["weak_params"] == group["strong_params"]
         valid = group[~same_size & (group["pgr_status"] == "ok")]
         mean, low, high = interval(valid.groupby("seed")["pgr"].median())
-        rows.append({
-            **dict(zip(keys, values)), "median_pgr": mean, "pgr_low": low, "pgr_high": high,
-            "seeds": group["seed"].nunique(),
-            "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
-            "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
-            "ceiling_le_weak_left_out": int((~same_size & (group["pgr_status"] == "ceiling <= weak")).sum()),
-            "gap_within_noise_left_out": int((~same_size & (group["pgr_status"] == "gap within noise")).sum()),
-            "median_pgr_bootstrap": valid.groupby("seed")["pgr_bootstrap"].median().mean(),
-        })
+        rows.append(
+            {
+                **dict(zip(keys, values, strict=True)),
+                "median_pgr": mean,
+                "pgr_low": low,
+                "pgr_high": high,
+                "seeds": group["seed"].nunique(),
+                "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
+                "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
+                "ceiling_le_weak_left_out": int((~same_size & (group["pgr_status"] == "ceiling <= weak")).sum()),
+                "gap_within_noise_left_out": int((~same_size & (group["pgr_status"] == "gap within noise")).sum()),
+                "median_pgr_bootstrap": valid.groupby("seed")["pgr_bootstrap"].median().mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -159,4 +194,3 @@ def accounting(results: list[dict], skipped: list[dict]) -> dict:
         "transfer_stages_trained_here": len(trained["transfer"]),
         "stages_trained_by_several_jobs": sorted(k for counts in trained.values() for k, n in counts.items() if n > 1),
     }
-

@@ -11,6 +11,9 @@ B (labelled by the weak model for the transfer). The test split is picked with t
 ``split_seed``, so it is the same for every experiment seed; so is the cut of a task that has
 one labelled source. A task with ``balance: true`` is formatted whole and its majority class
 undersampled (seeded) before the rows are taken.
+
+Why it is long: hub and local sources, single-source cuts, balancing and the column checks
+are steps of one function's job, loading a task's splits, and share its error messages.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _read_file(path: Path) -> datasets.Dataset:
         raise DataError(f"{path} is empty (0 bytes): write its rows there, one example per line or row.")
     try:
         rows = datasets.load_dataset(fmt, data_files=str(path), split="train")
-    except Exception as err:  # noqa: BLE001 - say where the file is broken, not where the reader gave up
+    except Exception as err:
         raise DataError(f"{path} cannot be read as {fmt}: {_first_bad_line(path) or err}") from err
     if len(rows) == 0:
         raise DataError(f"{path} holds no rows (only a header?): write its examples there.")
@@ -81,10 +84,12 @@ def _load_hub(task: DictConfig, role: str, looked_in: str) -> datasets.Dataset:
     try:
         if not task.hub_path:
             raise ValueError("the task names no hub dataset (task.hub_path)")
-        subsets = [datasets.load_dataset(task.hub_path, task.hub_name, data_dir=data_dir, split=split)
-                   for data_dir in task.hub_data_dirs or [None]]
+        subsets = [
+            datasets.load_dataset(task.hub_path, task.hub_name, data_dir=data_dir, split=split)
+            for data_dir in task.hub_data_dirs or [None]
+        ]
         rows = datasets.concatenate_datasets(subsets)
-    except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+    except Exception as err:
         raise DataError(
             f"no data for task '{task.name}', split '{split}': {looked_in}, and the hub "
             f"dataset '{task.hub_path}' could not be loaded ({type(err).__name__}: {err}). "
@@ -98,8 +103,10 @@ def check_columns(rows: datasets.Dataset, task: DictConfig, source: str) -> data
     """Stop before any stage when the rows lack a column the task's formatter reads."""
     missing = [c for c in task.columns if c not in rows.column_names]
     if missing:
-        raise DataError(f"task '{task.name}': {source} lacks the column(s) {missing}; the formatter "
-                        f"'{task.formatter}' reads {list(task.columns)}, the rows have {rows.column_names}.")
+        raise DataError(
+            f"task '{task.name}': {source} lacks the column(s) {missing}; the formatter "
+            f"'{task.formatter}' reads {list(task.columns)}, the rows have {rows.column_names}."
+        )
     return rows
 
 
@@ -130,8 +137,10 @@ def load_sources(task: DictConfig, data_dir: str | None) -> tuple[datasets.Datas
     if folder is not None and folder.is_dir():
         train_file, test_file = _local_file(folder, train_name), _local_file(folder, test_name)
         if train_file and test_file:
-            return (check_columns(_read_file(train_file), task, str(train_file)),
-                    check_columns(_read_file(test_file), task, str(test_file)))
+            return (
+                check_columns(_read_file(train_file), task, str(train_file)),
+                check_columns(_read_file(test_file), task, str(test_file)),
+            )
         if train_file or test_file:
             only = train_file or test_file
             log.info("%s: only %s is available locally; cutting it into train and test", task.name, only.name)
@@ -182,8 +191,13 @@ def _format(rows: datasets.Dataset, task: DictConfig, seed: int, role: str) -> d
         # independent answer choices (the reference reused one Random(seed) for every split).
         return fmt(row, random.Random(f"{seed}/{role}/{index}"), task)
 
-    return rows.map(apply, with_indices=True, remove_columns=rows.column_names, features=example_features(task),
-                    desc=f"format {task.name}/{role}")
+    return rows.map(
+        apply,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        features=example_features(task),
+        desc=f"format {task.name}/{role}",
+    )
 
 
 def balanced(rows: datasets.Dataset, seed: int, what: str) -> datasets.Dataset:
@@ -195,8 +209,13 @@ def balanced(rows: datasets.Dataset, seed: int, what: str) -> datasets.Dataset:
     keep = min(int((labels == 0).sum()), int((labels == 1).sum()))
     order = np.random.default_rng(seed).permutation(len(rows))
     chosen = np.concatenate([order[labels[order] == c][:keep] for c in (0, 1)])
-    log.info("%s: %.1f%% positive in %d rows, balanced to %d rows", what, 100 * labels.mean() if len(labels) else 0.0,
-             len(labels), len(chosen))
+    log.info(
+        "%s: %.1f%% positive in %d rows, balanced to %d rows",
+        what,
+        100 * labels.mean() if len(labels) else 0.0,
+        len(labels),
+        len(chosen),
+    )
     return rows.select(np.sort(chosen))
 
 

@@ -1,4 +1,5 @@
-"""Weights & Biases: one run per trained stage plus a summary run, grouped per experiment.
+"""Weights & Biases, the one module that calls it: one run per trained stage plus a summary run,
+grouped per experiment; the report's run; reading a group's summaries back for the report.
 
 ``logger.mode=auto`` logs online when an API key is configured (WANDB_API_KEY or a
 netrc entry from ``wandb login``) and offline otherwise; ``wandb sync`` uploads offline
@@ -10,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import netrc
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from w2s_lightning.errors import ConfigError
 from w2s_lightning.redact import redacted
+from w2s_lightning.results import Results
 
 
 def resolve_mode(mode: str) -> str:
@@ -76,7 +81,8 @@ def where(cfg: DictConfig) -> str | None:
     if mode == "disabled":
         return None
     if mode == "offline":
-        return f"W&B runs (offline) in {cfg.logger.dir}/wandb; upload with: wandb sync {cfg.logger.dir}/wandb/offline-run-*"
+        where = f"{cfg.logger.dir}/wandb"
+        return f"W&B runs (offline) in {where}; upload with: wandb sync {where}/offline-run-*"
     return f"W&B runs online in project {cfg.logger.project}, group {cfg.logger.group}"
 
 
@@ -90,3 +96,56 @@ def log_summary(cfg: DictConfig, summary: dict[str, float]) -> None:
     run.log(summary)
     run.summary.update(summary)
     run.finish()
+
+
+def read_summaries(project: str, entity: str | None, group: str) -> list[dict]:
+    """The summary runs of one W&B group, in the shape of ``results.json``."""
+    path = f"{entity}/{project}" if entity else project
+    runs = wandb.Api().runs(path, filters={"group": group, "jobType": "summary"})
+    results = []
+    for run in runs:
+        summary = dict(run.summary)
+        if "n_test" not in summary:  # the noise rule needs it; runs before it was logged lack it
+            raise ConfigError(
+                f"W&B run {run.name} has no n_test in its summary (it predates the noise rule); "
+                "report its sweep from the results.json files: report.dir=<multirun folder>."
+            )
+        results.append(Results.from_wandb(summary, dict(run.config)).to_dict())
+    if not results:
+        raise ConfigError(
+            f"W&B has no summary runs in group {group!r} of project {path!r}; check the name "
+            "on the dashboard (groups are sweep-<multirun folder>)."
+        )
+    return results
+
+
+def log_report(report: dict, results: list[dict], mode: str) -> None:
+    """The report's tables and figures as one ``job_type=report`` run in the sweep's group."""
+    mode = resolve_mode(mode)
+    if mode == "disabled":
+        return
+    logger_cfg = results[0]["config"]["logger"]
+    run = wandb.init(
+        project=logger_cfg["project"],
+        entity=logger_cfg["entity"],
+        group=logger_cfg["group"],
+        job_type="report",
+        name=f"{logger_cfg['group']}/report",
+        mode=mode,
+        dir=str(report["out_dir"]),
+        reinit="finish_previous",
+    )
+    run.log(
+        {
+            "report/summary": wandb.Table(dataframe=report["summary"]),
+            "report/pairs": wandb.Table(dataframe=report["pairs"]),
+            **{f"report/{f.stem}": wandb.Image(str(f)) for f in report["figures"]},
+        }
+    )
+    run.summary.update(report["accounting"])
+    run.finish()
+
+
+def silence() -> None:
+    """W&B's banners, warnings and run summaries go to <run folder>/wandb/debug*.log instead."""
+    wandb.setup(wandb.Settings(silent=True))

