@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = "task.n_train=64 task.n_val=16 task.n_test=32 train.epochs=1 train.batch_size=32"
 # Appended to multiruns: each swept list cut to one value (the same models, losses and tasks).
 SWEEP_CUTS = {
+    "experiment=quickstart task=sciq,boolq loss=xent,aux_conf": "task=sciq loss=xent",
     "experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
     "seed=0,1,2": "seed=0",
 }
@@ -49,11 +50,20 @@ SWEEP_CUTS["experiment=offline_causal"] = (
 )
 
 
+def without_comment(line: str) -> str:
+    """The line up to its first `` #`` outside quotes (a comment may hold an apostrophe)."""
+    for match in re.finditer(r"\s#", line):
+        before = line[: match.start()]
+        if before.count("'") % 2 == 0 and before.count('"') % 2 == 0:
+            return before
+    return line
+
+
 def readme_commands() -> list[str]:
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     blocks = [b for page in pages for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    commands = [re.sub(r"\s+#[^'\"]*$", "", line).strip() for line in lines]
+    commands = [without_comment(line).strip() for line in lines]
     return list(dict.fromkeys(c for c in commands if c and not c.startswith("make ")))  # each once
 
 

@@ -147,7 +147,7 @@ def test_report_stage_writes_tables_figures_and_logs_them_to_wandb(ladder_sweep,
     for row in summary.values():
         assert row["task"] == "sst2" and int(row["seeds"]) == 1
         # Every pair is used or left out and counted (64 test rows leave most tiny gaps within the noise).
-        left_out = int(row["ceiling_le_weak_left_out"]) + int(row["gap_within_noise_left_out"])
+        left_out = int(row["pairs_left_out_ceiling_le_weak"]) + int(row["pairs_left_out_gap_within_noise"])
         assert int(row["pairs_used"]) + left_out == 3
     with open(out / "pairs.csv") as f:
         assert len(list(csv.DictReader(f))) == 6

@@ -8,14 +8,19 @@ so runs that differ in it are never averaged together nor counted as seeds.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections import Counter
 
 import pandas as pd
 from scipy import stats
 
+from w2s_lightning.metrics import pgr_status
 from w2s_lightning.results import Results
 from w2s_lightning.roles import BOOTSTRAP, CEILING, PGR_ROLES, TRANSFER, WEAK, is_rung
+
+log = logging.getLogger(__name__)
 
 # Stage metrics copied into a record as <role>_<metric> (NaN where a stage lacks one).
 STAGE_EXTRAS = {
@@ -37,6 +42,8 @@ PAIR = ["task", "method", "loss", "weak", "strong"]
 # Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
 # what does not change results (where files go, logging, which command ran).
 NOT_VARIANTS = ("seed", "command", "paths.", "logger.", "report.")
+# The selection rule that validates on ground truth: a comparison, never a weak-to-strong method.
+ORACLE = "oracle_val"
 
 
 def record(record: dict) -> dict:
@@ -51,6 +58,7 @@ def record(record: dict) -> dict:
         "seed": results.seed,
         "weak": results.weak_model,
         "strong": results.strong_model,
+        "n_test": results.n_test,
         "weak_params": float(results.config["weak"]["params"]),
         "strong_params": float(results.config["strong"]["params"]),
         **{f"{role}_acc": stage(role) for role in PGR_ROLES},
@@ -88,6 +96,8 @@ def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     settings = settings[[c for c in settings.columns if not c.startswith(NOT_VARIANTS)]].astype(str)
     pair = records[PAIR].astype(str).agg("|".join, axis=1)
     varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
+    if "select.name" in settings.columns and (settings["select.name"] == ORACLE).any() and "select.name" not in varying:
+        varying.append("select.name")  # a rule that reads ground truth is always named, even alone
     return records.join(settings[varying])
 
 
@@ -96,11 +106,12 @@ def variants(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if "." in c]
 
 
-def _status(group: pd.DataFrame) -> str:
+def pair_status(group: pd.DataFrame) -> str:
+    """Whether a pair's PGR is read, decided on its accuracies' means over seeds (not seed by
+    seed): ``same size``, ``ceiling <= weak``, ``gap within noise`` or ``ok``."""
     if group["weak_params"].iloc[0] == group["strong_params"].iloc[0]:
         return "same size"
-    flagged = group["pgr_status"][group["pgr_status"] != "ok"]
-    return "; ".join(f"{s} ({n}/{len(group)} seeds)" for s, n in flagged.value_counts().items()) or "ok"
+    return pgr_status(group["weak_acc"].mean(), group["ceiling_acc"].mean(), int(group["n_test"].min()))
 
 
 def pair_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -127,7 +138,7 @@ def pair_table(records: pd.DataFrame) -> pd.DataFrame:
                     for column in group.columns
                     if is_rung(column.split("_")[0])
                 },
-                "status": _status(group),
+                "status": pair_status(group),
                 "weak_params": group["weak_params"].iloc[0],
                 "strong_params": group["strong_params"].iloc[0],
             }
@@ -140,12 +151,15 @@ def pair_table(records: pd.DataFrame) -> pd.DataFrame:
 
 def summary_table(records: pd.DataFrame) -> pd.DataFrame:
     """Per (task, method, loss, variants): median PGR over the valid pairs of each seed, then
-    mean and interval over seeds, with the pairs used and the runs left out counted."""
+    mean and interval over seeds, with the pairs used and the pairs left out counted. A pair
+    is valid when its ceiling beats its weak model by more than the test noise on the means
+    over seeds: a pair is in or out for every seed alike."""
     rows = []
     keys = ["task", "method", "loss", *variants(records)]
     for values, group in records.groupby(keys, sort=True, dropna=False):
-        same_size = group["weak_params"] == group["strong_params"]
-        valid = group[~same_size & (group["pgr_status"] == "ok")]
+        status = group.groupby(["weak", "strong"]).apply(pair_status, include_groups=False)
+        used = status[status == "ok"].index
+        valid = group[group.set_index(["weak", "strong"]).index.isin(used)]
         mean, low, high = interval(valid.groupby("seed")["pgr"].median())
         rows.append(
             {
@@ -154,18 +168,55 @@ def summary_table(records: pd.DataFrame) -> pd.DataFrame:
                 "pgr_low": low,
                 "pgr_high": high,
                 "seeds": group["seed"].nunique(),
-                "pairs_used": valid[["weak", "strong"]].drop_duplicates().shape[0],
-                "same_size_left_out": group.loc[same_size, ["weak", "strong"]].drop_duplicates().shape[0],
-                "ceiling_le_weak_left_out": int((~same_size & (group["pgr_status"] == "ceiling <= weak")).sum()),
-                "gap_within_noise_left_out": int((~same_size & (group["pgr_status"] == "gap within noise")).sum()),
+                "pairs_used": len(used),
+                # Pairs (not runs) left out, each for the first reason that applies, on means over seeds.
+                "pairs_left_out_same_size": int((status == "same size").sum()),
+                "pairs_left_out_ceiling_le_weak": int((status == "ceiling <= weak").sum()),
+                "pairs_left_out_gap_within_noise": int((status == "gap within noise").sum()),
                 "median_pgr_bootstrap": valid.groupby("seed")["pgr_bootstrap"].median().mean(),
             }
         )
     return pd.DataFrame(rows)
 
 
+def without_duplicates(results: list[dict]) -> list[dict]:
+    """Each run once: two results of the same task, pair, method, settings and seed (a sweep
+    rerun into a sibling folder) would count as two seeds and narrow the intervals. The first
+    is kept, and a warning names the folders of the others."""
+    kept: dict[str, dict] = {}
+    for result in results:
+        settings = pd.json_normalize(result["config"]).iloc[0].to_dict() if result.get("config") else {}
+        same = {k: str(v) for k, v in settings.items() if not k.startswith(NOT_VARIANTS[1:])}
+        key = json.dumps(
+            [
+                result["task"],
+                result.get("method"),
+                result["loss"],
+                result["weak_model"],
+                result["strong_model"],
+                result["seed"],
+                same,
+            ],
+            sort_keys=True,
+        )
+        if key in kept:
+            log.warning(
+                "%s repeats the run in %s (same task, pair, method, settings and seed): counted once",
+                folder_of(result),
+                folder_of(kept[key]),
+            )
+            continue
+        kept[key] = result
+    return list(kept.values())
+
+
+def folder_of(result: dict) -> str:
+    return str((result.get("config") or {}).get("paths", {}).get("output_dir", "a run without paths"))
+
+
 def tables(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-pair and the summary table of a list of ``results.json`` contents."""
+    results = without_duplicates(results)
     records = pd.DataFrame([record(r) for r in results])
     records = variant_columns(records, [r["config"] for r in results])
     return pair_table(records), summary_table(records)
