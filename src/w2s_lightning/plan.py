@@ -30,13 +30,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from w2s_lightning import tasks
 from w2s_lightning.errors import W2SError
 from w2s_lightning.methods import StageRequest
 from w2s_lightning.preflight import preflight
 from w2s_lightning.runner import StageRunner
+from w2s_lightning.stage_key import task_settings
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,6 @@ class Speeds:
         return rate / (FLOPS_PER_TOKEN[phase] * model_cfg.params), source
 
 
-def tasks_settings(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg.task, resolve=True)
-
-
 class Planner:
     """Plans jobs one after another, sharing what they have in common: the splits of a task
     and seed, their tokens under each tokenizer, and the entries earlier jobs will build."""
@@ -149,6 +146,7 @@ class Planner:
         self.lengths: dict[tuple, dict[str, np.ndarray]] = {}
         self.planned: set[str] = set()
         self.sources: dict[str, str] = {}
+        self.speeds: dict[tuple, Speeds] = {}  # by stage folder and device: the cache is read once
 
     def job(
         self,
@@ -167,12 +165,14 @@ class Planner:
         if job.skipped:
             return job
         if runner is None:
-            key = json.dumps([str(cfg.paths.data_dir), cfg.seed, tasks_settings(cfg)], sort_keys=True)
+            key = json.dumps([str(cfg.paths.data_dir), cfg.seed, task_settings(cfg.task)], sort_keys=True)
             if key not in self.splits:
                 self.splits[key] = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
             runner = StageRunner(cfg, self.splits[key])
         device = (str(cfg.trainer.accelerator), str(cfg.trainer.precision))
-        speeds = Speeds(cfg.paths.stage_dir, device)
+        if (cfg.paths.stage_dir, device) not in self.speeds:
+            self.speeds[cfg.paths.stage_dir, device] = Speeds(cfg.paths.stage_dir, device)
+        speeds = self.speeds[cfg.paths.stage_dir, device]
         entries: dict[str, str] = {}  # role -> entry, as the runner's keys
 
         def visit(request: StageRequest) -> str:
@@ -357,17 +357,13 @@ def log_done(trained: int, reused: int) -> None:
     )
 
 
-def this_sweep() -> list[list[str]]:
-    """The jobs of this run: every job of its multirun, or this run alone."""
-    return sweep_jobs() or [list(HydraConfig.get().overrides.task)]
-
-
 def run(cfg: DictConfig) -> None:
     """``command=plan``: print the plan of the run or sweep these overrides describe; train nothing.
     In a multirun the first job plans them all, and the others print nothing."""
-    if HydraConfig.get().mode == RunMode.MULTIRUN and HydraConfig.get().job.num > 0 and sweep_jobs():
+    jobs = sweep_jobs()
+    if jobs and HydraConfig.get().job.num > 0:
         return
-    jobs = this_sweep()
+    jobs = jobs or [list(HydraConfig.get().overrides.task)]
     plans, planner = plan_jobs(jobs)
     total, *hints = lines(cfg, plans, jobs)
     print(total)
