@@ -13,6 +13,7 @@ ceiling - weak gap is above ``metrics.gap_noise``.
     python scripts/task_table.py                  # train what the cache lacks; json + docs/tasks.md
     python scripts/task_table.py --tasks sst2,cola
     python scripts/task_table.py --render         # docs/tasks.md from docs/results/tasks/*.json alone
+    python scripts/task_table.py --weak minilm_l6 # another weak model: results/tasks_minilm_l6/, its own table
 
 ``--docs DIR`` writes DIR/results/tasks/*.json and the table in DIR/tasks.md instead.
 
@@ -44,6 +45,7 @@ from w2s_lightning.roles import CEILING, WEAK
 from w2s_lightning.runner import StageRunner
 
 ROOT = Path(__file__).resolve().parents[1]
+WEAK_MODEL = "minilm_l3"
 TASKS = [
     "sst2",
     "sciq",
@@ -72,7 +74,7 @@ SIZES = [
     "task.n_train=1000",
     "task.n_val=250",
     "task.n_test=1000",
-    "model@weak=minilm_l3",
+    f"model@weak={WEAK_MODEL}",
     "model@strong=mpnet_base",
 ]
 # Long texts are cut (on the left: the question and the answer stay) to fit the hour. Reward
@@ -82,6 +84,8 @@ LENGTHS = {"boolq": 128, "dream": 128, "quail": 128, "multirc": 128}
 
 def compose_task(name: str, out_dir: str, extra: list[str]):
     sizes = ["experiment=reward_cpu"] if name.startswith("hh") else SIZES
+    given = {o.split("=")[0].lstrip("+") for o in extra}
+    sizes = [o for o in sizes if o.split("=")[0].lstrip("+") not in given]  # the command line wins
     overrides = [*sizes, f"task={name}", f"paths.output_dir={out_dir}", "logger.mode=disabled", *extra]
     if name in LENGTHS:
         overrides += [f"weak.max_length={LENGTHS[name]}", f"strong.max_length={LENGTHS[name]}"]
@@ -201,14 +205,19 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated; default: every offline task")
     parser.add_argument("--render", action="store_true", help="only rebuild docs/tasks.md from the json files")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results/tasks/ and tasks.md are")
+    parser.add_argument(
+        "--weak", default=WEAK_MODEL, help=f"the weak model (default {WEAK_MODEL}); others get a table of their own"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every task (e.g. paths.zoo_dir=...)")
     args = parser.parse_args()
-    out = args.docs / "results" / "tasks"
+    own = args.weak != WEAK_MODEL
+    out = args.docs / "results" / ("tasks_" + args.weak if own else "tasks")
+    marker = f"<!-- table {args.weak} -->" if own else "<!-- table -->"
     out.mkdir(parents=True, exist_ok=True)
     if not args.render:
         for name in args.tasks.split(","):
             started = time.time()
-            record = measure(name, args.overrides)
+            record = measure(name, [*args.overrides, f"model@weak={args.weak}"])
             (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
             print(
                 f"{name}: weak val {fmt_pct(record['weak']['val_acc'])}, "
@@ -219,8 +228,11 @@ def main() -> None:
     records = [json.loads((out / f"{name}.json").read_text()) for name in TASKS if (out / f"{name}.json").exists()]
     table = render(records)
     page = args.docs / "tasks.md"
-    text = page.read_text() if page.exists() else "# Tasks\n\n<!-- table -->\n<!-- /table -->\n"
-    start, end = text.index("<!-- table -->") + len("<!-- table -->\n"), text.index("<!-- /table -->")
+    text = page.read_text() if page.exists() else ""
+    if marker not in text:
+        text += f"\n{marker}\n<!-- /table -->\n"
+    start = text.index(marker) + len(marker) + 1
+    end = text.index("<!-- /table -->", start)
     page.write_text(text[:start] + HEADER + table + "\n" + text[end:])
     print(HEADER + table)
 

@@ -273,6 +273,7 @@ ELSEWHERE = {
     "a data file without a column its task reads": (
         "tests/test_task_suite.py::test_a_file_without_the_columns_its_task_reads_is_named"
     ),
+    "a `hidden_layer` the model does not have": "tests/test_models.py::test_hidden_layer_reads_the_layer_it_names",
 }
 
 

@@ -65,3 +65,28 @@ def test_unknown_pooling_and_missing_model_are_clear_errors(tiny_bert, tmp_path)
         load_classifier(
             OmegaConf.create({"name": "nohub", "path": "org/not-a-model", "pooling": "last"}), str(tmp_path)
         )
+
+
+def test_hidden_layer_reads_the_layer_it_names(tiny_bert):
+    cfg = OmegaConf.create({"name": "tiny", "path": str(tiny_bert), "pooling": "mean"})
+    ids = torch.randint(1000, 2000, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    final = load_classifier(cfg, "unused", dropout=False).eval()
+    layer = {
+        i: load_classifier(OmegaConf.merge(cfg, {"hidden_layer": i}), "unused", dropout=False).eval()
+        for i in (0, 1, 2, -1)
+    }
+    # The same backbone cut after its first layer: its output is what layer 1 names.
+    cut = load_classifier(cfg, "unused", dropout=False).eval()
+    cut.backbone.encoder.layer = cut.backbone.encoder.layer[:1]
+    with torch.no_grad():
+        pooled = {i: model.pool(ids, mask) for i, model in layer.items()}
+        torch.testing.assert_close(pooled[1], cut.pool(ids, mask))
+        torch.testing.assert_close(pooled[0], pool_mean(final.backbone.embeddings(input_ids=ids), mask))
+        # BERT has no final norm: its last layer is its output, so 2, -1 and the default agree.
+        torch.testing.assert_close(pooled[2], final.pool(ids, mask))
+        torch.testing.assert_close(pooled[-1], pooled[2])
+    assert not torch.allclose(pooled[1], pooled[2], atol=1e-3)
+    with pytest.raises(ConfigError, match="hidden_layer=3 is outside this model's 2 layers"):
+        load_classifier(OmegaConf.merge(cfg, {"hidden_layer": 3}), "unused")

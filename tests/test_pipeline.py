@@ -185,3 +185,21 @@ def test_an_empty_validation_split_is_not_predicted(make_cfg, tiny_overrides):
     assert "val_ece" not in weak and "label_ece" in weak  # no val scores; half B's labels scored
     assert all("val" not in saved(s) for s in results["stages"].values())
     assert {"train_b", "test"} <= saved(weak).keys()
+
+
+def test_reuse_results_returns_a_finished_job_without_training_and_reruns_a_changed_one(make_cfg, caplog):
+    from omegaconf import OmegaConf
+
+    from w2s_lightning.redact import redacted
+
+    cfg = make_cfg("reuse_results=true")
+    folder = Path(cfg.paths.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    finished = {"task": "sst2", "stages": {}, "config": redacted(OmegaConf.to_container(cfg, resolve=True))}
+    (folder / "results.json").write_text(json.dumps(finished))
+    # Where files go and logging are no part of the comparison: a committed folder on a new machine.
+    moved = make_cfg("reuse_results=true", "logger.mode=disabled", f"paths.cache_dir={folder / 'fresh-cache'}")
+    assert pipeline.run(moved) == finished
+    assert not (folder / "fresh-cache").exists()  # nothing trained, no cache touched
+    assert pipeline.results_of_same_config(make_cfg("seed=1"), folder / "results.json") is None
+    assert "holds results of another config" in caplog.text

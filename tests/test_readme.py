@@ -25,6 +25,7 @@ SWEEP_CUTS = {
     "experiment=quickstart task=sciq,boolq loss=xent,aux_conf": "task=sciq loss=xent",
     "experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
     "seed=0,1,2": "seed=0",
+    "experiment=offline_suite": "task=sst2 loss=xent seed=0",
 }
 # The smallest zoo model that serves as a strong one: appended to commands that do not name theirs.
 SMALL_STRONG = "'model@strong=minilm_l6'"

@@ -99,7 +99,7 @@ def test_accounting_counts_distinct_stages_and_those_trained_here():
         result("small", "big", (0.6, 0.7, 0.9)),
         result("small", "mid", (0.6, 0.7, 0.8), loss="aux_conf"),
     ]
-    counts = tables.accounting(results, skipped=[{"skipped": "same size"}])
+    counts = report.accounting(results, skipped=[{"skipped": "same size"}])
     assert counts["experiments"] == 3 and counts["skipped_jobs"] == 1
     assert counts["ground_truth_models"] == 3  # small, mid, big on one task and seed
     assert counts["ground_truth_stages_used"] == 3

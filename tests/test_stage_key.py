@@ -96,3 +96,8 @@ def test_data_fingerprint_follows_the_rows(tmp_path, make_cfg):
     rows[5]["text"] = "an edited row"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert stage_key.fingerprint(tasks.load_splits(task, None, seed=0)) != before
+
+
+def test_hidden_layer_changes_the_key_and_its_default_keeps_the_old_one(make_cfg):
+    assert key(make_cfg("strong.hidden_layer=3")) != key(make_cfg())
+    assert "hidden_layer" not in stage_key.model_settings(make_cfg().strong)  # stages cached before it keep keys

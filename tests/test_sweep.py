@@ -15,7 +15,7 @@ import torch
 from conftest import CONF_DIR, read_wandb_run
 from hydra import compose, initialize_config_dir
 
-from w2s_lightning import parallel, report, tables
+from w2s_lightning import parallel, report
 from w2s_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,6 +385,6 @@ def test_two_sweeps_on_one_cache_and_a_report_reading_one_as_it_runs(tiny_ladder
     assert [p.wait() for p in running] == [0, 0], [p.stderr.read()[-2000:] for p in running]
     assert reads >= 1
     results = [r for sweep in sweeps for r in job_results(sweep)]
-    counts = tables.accounting(results, [])
+    counts = report.accounting(results, [])
     assert counts["experiments"] == 4 and counts["ground_truth_stages_used"] == 2
     assert counts["stages_trained_by_several_jobs"] == [] and counts["ground_truth_stages_trained_here"] == 2

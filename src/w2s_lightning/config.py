@@ -24,6 +24,9 @@ class ModelConfig:
     family: str = MISSING  # ladders pair models of one family (ladder.cross_family)
     params: float = MISSING  # parameter count: the model's size in ladders
     pooling: str = MISSING  # last (decoders), mean or first (encoders)
+    # Which hidden state is pooled: null = the backbone's output (last_hidden_state, after a
+    # decoder's final norm); i = hidden_states[i] (0 = the embeddings, 1..L the layers, -1 the last).
+    hidden_layer: int | None = None
     objective: str = MISSING  # generative fine-tuning's objective: causal_lm or masked_lm
     lr: float = 5e-5
     minibatch_size: int = 32  # micro-batch; train.batch_size / minibatch_size = gradient accumulation

@@ -105,3 +105,43 @@ def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_transfer_vs_ceiling(pairs: pd.DataFrame) -> plt.Figure:
+    """Across tasks: each (task, pair)'s transfer accuracy against its ceiling accuracy, one
+    colour and marker per loss (and method), bars for the 95% interval over seeds; grey crosses
+    are the weak models' own accuracies. On the diagonal a transfer matches the ceiling (PGR 1);
+    at its grey cross it matches the weak model (PGR 0)."""
+    pairs = with_variant(pairs)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.scatter(pairs["ceiling_acc"], pairs["weak_acc"], marker="x", color="grey", label="weak model", zorder=1)
+    for i, (variant, rows) in enumerate(sorted(pairs.groupby("variant"), key=lambda item: item[0])):
+        errors = [
+            (rows["transfer_acc"] - rows["transfer_acc_low"]).fillna(0),
+            (rows["transfer_acc_high"] - rows["transfer_acc"]).fillna(0),
+        ]
+        ax.errorbar(
+            rows["ceiling_acc"],
+            rows["transfer_acc"],
+            yerr=errors,
+            linestyle="none",
+            marker=LOSS_MARKERS[i % len(LOSS_MARKERS)],
+            capsize=2,
+            label=variant,
+        )
+    for task, rows in pairs.groupby("task"):
+        ax.annotate(
+            task,
+            (rows["ceiling_acc"].mean(), rows["transfer_acc"].max()),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    low = min(pairs[["weak_acc", "transfer_acc", "ceiling_acc"]].min().min(), 0.5) - 0.02
+    ax.plot([low, 1], [low, 1], "k-", linewidth=0.8, label="ceiling (PGR 1)")
+    ax.set_xlabel("ground-truth ceiling test accuracy")
+    ax.set_ylabel("weak-to-strong transfer test accuracy")
+    ax.set_title("Transfer against ceiling, per task")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

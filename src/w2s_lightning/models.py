@@ -1,4 +1,9 @@
-"""The classifier: a Hugging Face backbone, a pooling rule and a zero-initialised linear head."""
+"""The classifier: a Hugging Face backbone, a pooling rule and a zero-initialised linear head.
+
+Why it is long: the classifier is only as good as its loading; every model source (the hub, a
+local folder, the offline zoo), the checks on what a config asks of it (pooling, hidden layer,
+length) and the errors that name the fix sit beside the module that uses them.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,15 @@ def check_pooling(pooling: str) -> None:
         raise ConfigError(f"pooling={pooling!r} is unknown; choose one of {sorted(POOLINGS)}.")
 
 
+def check_hidden_layer(hidden_layer: int | None, config: PretrainedConfig) -> None:
+    layers = config.num_hidden_layers  # hidden_states holds the embeddings and one entry per layer
+    if hidden_layer is not None and not -(layers + 1) <= hidden_layer <= layers:
+        raise ConfigError(
+            f"hidden_layer={hidden_layer} is outside this model's {layers} layers; use 0 (embeddings) to "
+            f"{layers} (the last layer), a negative index from the end, or null for the backbone's output."
+        )
+
+
 def pair_logits(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
     """Two-class logits of a pair from its rewards: softmax gives P(a is the better one) =
     sigmoid(r_a - r_b), the Bradley-Terry model. Cross-entropy on them against label 1 is the
@@ -54,18 +68,24 @@ class Classifier(nn.Module):
     (``pairwise``) has a one-output head that scores each text of a pair alone, and returns the
     pair's ``pair_logits``."""
 
-    def __init__(self, backbone: nn.Module, pooling: str, pairwise: bool = False):
+    def __init__(self, backbone: nn.Module, pooling: str, pairwise: bool = False, hidden_layer: int | None = None):
         super().__init__()
         check_pooling(pooling)
+        check_hidden_layer(hidden_layer, backbone.config)
         self.backbone = backbone
         self.pooling = pooling
+        self.hidden_layer = hidden_layer
         self.head = nn.Linear(backbone.config.hidden_size, 1 if pairwise else 2, bias=False)
         # Zero init as in the paper: the classifier starts at exactly 50/50.
         nn.init.zeros_(self.head.weight)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The pooled hidden state: the features a linear probe trains on."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.hidden_layer is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            hidden = outputs.hidden_states[self.hidden_layer]
         return POOLINGS[self.pooling](hidden, attention_mask)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -178,7 +198,7 @@ def load_classifier(
         backbone.activation_checkpointing_enable()
     if finetune is not None and finetune.name == "lora":
         backbone = add_lora(backbone, finetune)
-    return Classifier(backbone, model_cfg.pooling, pairwise)
+    return Classifier(backbone, model_cfg.pooling, pairwise, model_cfg.get("hidden_layer"))
 
 
 def load_tokenizer(model_cfg: DictConfig, zoo_dir: str) -> PreTrainedTokenizerBase:

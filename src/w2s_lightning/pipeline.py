@@ -39,11 +39,35 @@ def skip(cfg: DictConfig, output_dir: Path, reason: str) -> dict:
     return skipped
 
 
+# Top-level settings that change where and how a run reports, never its results.
+RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results")
+
+
+def results_of_same_config(cfg: DictConfig, path: Path) -> dict | None:
+    """The record at ``path`` when it holds the results of this same config (settings of
+    ``RUN_ONLY_KEYS`` aside), else None: with ``reuse_results``, such a job trains nothing."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+
+    def settings(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+
+    current = redacted(OmegaConf.to_container(cfg, resolve=True))
+    if settings(record.get("config", {})) != settings(current):
+        log.warning("%s holds results of another config: this job runs again and replaces them", path)
+        return None
+    return record
+
+
 def run(cfg: DictConfig) -> dict:
     """Run the experiment ``cfg`` describes; write ``results.json`` and return its record (or,
     for a pair a ladder sweep skips, the reason)."""
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.reuse_results and (finished := results_of_same_config(cfg, output_dir / "results.json")):
+        log.info("%s already holds this job's results (reuse_results=true): nothing to train", output_dir)
+        return finished
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
 
     requests, reason = preflight(cfg, output_dir, sweep=config.in_ladder_sweep())

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,9 +28,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from w2s_lightning import tracking
+from w2s_lightning.across_tasks import paired_differences, task_medians
 from w2s_lightning.errors import ConfigError, W2SError
-from w2s_lightning.figures import accuracy_figures, plot_accuracy, plot_pgr
-from w2s_lightning.tables import accounting, tables
+from w2s_lightning.figures import accuracy_figures, plot_accuracy, plot_pgr, plot_transfer_vs_ceiling
+from w2s_lightning.tables import pair_table, records_table, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,19 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
     """Write the tables (CSV, Markdown), figures (PNG) and accounting into ``out_dir``."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    pairs, summary = tables(results)
+    records = records_table(results)
+    pairs, summary = pair_table(records), summary_table(records)
+    medians = task_medians(summary)
+    differences, tests = paired_differences(records)
     counts = accounting(results, skipped)
-    pairs.to_csv(out / "pairs.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
+    for name, table in [("pairs", pairs), ("summary", summary), ("across_tasks", medians),
+                        ("differences", differences), ("tests", tests)]:  # fmt: skip
+        table.to_csv(out / f"{name}.csv", index=False)
     (out / "accounting.json").write_text(json.dumps(counts, indent=2))
     drawn = {stem: plot_accuracy(rows, title) for stem, (title, rows) in accuracy_figures(pairs).items()}
     drawn["pgr"] = plot_pgr(summary)
+    if pairs["task"].nunique() > 1:
+        drawn["transfer_vs_ceiling"] = plot_transfer_vs_ceiling(pairs)
     figures = []
     for name, fig in drawn.items():
         figures.append(out / "figures" / f"{name}.png")
@@ -88,6 +96,8 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
         [
             "# Weak-to-strong report",
             "## Median PGR per task and loss\n\n" + _markdown(summary),
+            ACROSS_TASKS + _markdown(medians),
+            PAIRED + (_markdown(tests) + "\n\n" + _markdown(differences) if len(tests) else "No two methods to pair."),
             models_section(results),
             "## Per pair (means over seeds)\n\n" + _markdown(pairs),
             "## Stages\n\n" + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in counts.items()),
@@ -98,7 +108,53 @@ def build(results: list[dict], skipped: list[dict], out_dir: str | os.PathLike) 
     (out / "summary.md").write_text(_markdown(summary) + "\n")
     (out / "pairs.md").write_text(_markdown(pairs) + "\n")
     log.info("report written to %s", out)
-    return {"pairs": pairs, "summary": summary, "accounting": counts, "figures": figures, "out_dir": out}
+    return {
+        "pairs": pairs,
+        "summary": summary,
+        "across_tasks": medians,
+        "differences": differences,
+        "tests": tests,
+        "accounting": counts,
+        "figures": figures,
+        "out_dir": out,
+    }
+
+
+ACROSS_TASKS = (
+    "## Across tasks\n\nPer method and loss: the median over tasks of each task's PGR (above), a 95% "
+    "percentile-bootstrap interval resampling tasks, and the share of tasks with PGR > 0 (Clopper-Pearson "
+    "interval). Tasks without a pair whose PGR is read are left out and counted.\n\n"
+)
+PAIRED = (
+    "## Paired differences\n\nPGR of a loss minus xent's within a method, and of a method with xent minus "
+    "direct with xent, on the same (task, pair, seed): per task the mean and Student-t interval over seeds; "
+    "across tasks the median and a two-sided Wilcoxon signed-rank test of the per-task means.\n\n"
+)
+
+
+def accounting(results: list[dict], skipped: list[dict]) -> dict:
+    """How many stages the sweep trained and reused: the check that each ground-truth model
+    (task, model, seed) was trained once however many pairs and losses used it."""
+    used = {"gt": set(), "transfer": set()}
+    trained = {"gt": Counter(), "transfer": Counter()}  # jobs that trained each stage: one, with a working cache
+    for result in results:
+        for stage in result["stages"].values():
+            kind = stage["key"].split("-")[0]  # the cache folder's prefix: gt, transfer, generative, ...
+            if kind in used:
+                used[kind].add(stage["key"])
+                if stage.get("reused") is False:
+                    trained[kind][stage["key"]] += 1
+    models = {(r["task"], r[f"{role}_model"], r["seed"]) for r in results for role in ("weak", "strong")}
+    return {
+        "experiments": len(results),
+        "skipped_jobs": len(skipped),
+        "ground_truth_models": len(models),
+        "ground_truth_stages_used": len(used["gt"]),
+        "ground_truth_stages_trained_here": len(trained["gt"]),
+        "transfer_stages_used": len(used["transfer"]),
+        "transfer_stages_trained_here": len(trained["transfer"]),
+        "stages_trained_by_several_jobs": sorted(k for counts in trained.values() for k, n in counts.items() if n > 1),
+    }
 
 
 def newest_multirun(log_dir: str | os.PathLike) -> Path:

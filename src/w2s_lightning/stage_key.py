@@ -27,6 +27,9 @@ GROUND_TRUTH = "ground_truth"
 # Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
+# Model fields the schema gained after stages were cached, at the value that keeps the old
+# behaviour: left out of the key there, so those stages keep their keys.
+MODEL_DEFAULTS = {"hidden_layer": None}
 # Task fields that describe or check the data, never change the rows (those are in the fingerprint).
 DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
 # Training settings that change how a stage runs, not what it ends with.
@@ -52,7 +55,11 @@ def fingerprint(splits) -> str:
 
 
 def model_settings(model_cfg: DictConfig) -> dict:
-    return {k: v for k, v in plain(model_cfg).items() if k not in DISPLAY_ONLY_MODEL_KEYS}
+    return {
+        k: v
+        for k, v in plain(model_cfg).items()
+        if k not in DISPLAY_ONLY_MODEL_KEYS and (k not in MODEL_DEFAULTS or MODEL_DEFAULTS[k] != v)
+    }
 
 
 def task_settings(task_cfg: DictConfig) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import Counter
 
 import pandas as pd
 from scipy import stats
@@ -41,7 +40,7 @@ OPTIONAL_MEANS = (
 PAIR = ["task", "method", "loss", "weak", "strong"]
 # Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
 # what does not change results (where files go, logging, which command ran).
-NOT_VARIANTS = ("seed", "command", "paths.", "logger.", "report.")
+NOT_VARIANTS = ("seed", "command", "paths.", "logger.", "report.", "threads", "reuse_results")
 # The selection rule that validates on ground truth: a comparison, never a weak-to-strong method.
 ORACLE = "oracle_val"
 
@@ -214,34 +213,14 @@ def folder_of(result: dict) -> str:
     return str((result.get("config") or {}).get("paths", {}).get("output_dir", "a run without paths"))
 
 
-def tables(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-pair and the summary table of a list of ``results.json`` contents."""
+def records_table(results: list[dict]) -> pd.DataFrame:
+    """One row per distinct run of a list of ``results.json`` contents, with its variant columns."""
     results = without_duplicates(results)
     records = pd.DataFrame([record(r) for r in results])
-    records = variant_columns(records, [r["config"] for r in results])
+    return variant_columns(records, [r["config"] for r in results])
+
+
+def tables(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-pair and the summary table of a list of ``results.json`` contents."""
+    records = records_table(results)
     return pair_table(records), summary_table(records)
-
-
-def accounting(results: list[dict], skipped: list[dict]) -> dict:
-    """How many stages the sweep trained and reused: the check that each ground-truth model
-    (task, model, seed) was trained once however many pairs and losses used it."""
-    used = {"gt": set(), "transfer": set()}
-    trained = {"gt": Counter(), "transfer": Counter()}  # jobs that trained each stage: one, with a working cache
-    for result in results:
-        for stage in result["stages"].values():
-            kind = stage["key"].split("-")[0]  # the cache folder's prefix: gt, transfer, generative, ...
-            if kind in used:
-                used[kind].add(stage["key"])
-                if stage.get("reused") is False:
-                    trained[kind][stage["key"]] += 1
-    models = {(r["task"], r[f"{role}_model"], r["seed"]) for r in results for role in ("weak", "strong")}
-    return {
-        "experiments": len(results),
-        "skipped_jobs": len(skipped),
-        "ground_truth_models": len(models),
-        "ground_truth_stages_used": len(used["gt"]),
-        "ground_truth_stages_trained_here": len(trained["gt"]),
-        "transfer_stages_used": len(used["transfer"]),
-        "transfer_stages_trained_here": len(trained["transfer"]),
-        "stages_trained_by_several_jobs": sorted(k for counts in trained.values() for k, n in counts.items() if n > 1),
-    }

@@ -137,8 +137,11 @@ def log_report(report: dict, results: list[dict], mode: str) -> None:
     )
     run.log(
         {
-            "report/summary": wandb.Table(dataframe=report["summary"]),
-            "report/pairs": wandb.Table(dataframe=report["pairs"]),
+            **{
+                f"report/{name}": wandb.Table(dataframe=report[name])
+                for name in ("summary", "pairs", "across_tasks", "tests", "differences")
+                if not report[name].empty
+            },
             **{f"report/{f.stem}": wandb.Image(str(f)) for f in report["figures"]},
         }
     )
