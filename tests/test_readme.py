@@ -36,6 +36,8 @@ GPT2_TINY = "--size tiny"
 LAUNCHER_CUT = "--launchers basic"
 # Appended to the task table's measurement: one task, tiny, into the test's copy of docs/.
 TASK_TABLE = "--tasks sst2 --docs docs"
+# Appended to the layer choice: the base zoo's causal rung alone, into the test's copy of docs/.
+LAYER_CUT = "--models smollm2_135m --out docs/results/layers"
 # Commands that stop where this machine cannot go, and what they must say.
 STOPS = {
     "trainer=gpu": "use trainer=cpu here",
@@ -108,6 +110,8 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
             appended = [GPT2_TINY if " gpt2 " in command else BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
             if " launchers " in command:  # one launcher: test_sweep.py runs the parallel ones
                 appended += [SMALL_STRONG, LAUNCHER_CUT]
+        if command.startswith("python scripts/choose_layer.py"):  # one rung of the base zoo, tiny splits
+            appended = [LAYER_CUT, f"paths.zoo_dir={zoo_dir}", SIZES]
         if command.startswith("python scripts/task_table.py"):
             appended = ["--docs docs"] if "--render" in command else [TASK_TABLE, f"paths.zoo_dir={zoo_dir}", SIZES]
         shell = " ".join([command, *appended])

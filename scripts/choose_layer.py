@@ -1,0 +1,124 @@
+"""Which hidden layer a linear probe should read, chosen per model on the validation split only.
+
+For each model: one forward pass over half A and validation (seed 0, the preset's sizes),
+every layer's pooled hidden state (the model's own pooling), a logistic regression fitted on
+half A's ground truth per layer (L-BFGS, L2), and its accuracy on validation. The layer with
+the best validation accuracy is the model's ``hidden_layer`` (conf/model/<name>.yaml); test
+is never read.
+
+    python scripts/choose_layer.py                     # the causal ladder's rungs on SciQ
+    python scripts/choose_layer.py --task boolq --models smollm2_135m,gemma3_270m
+
+Writes docs/results/layers/<task>/<model>.json and prints one line per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+import w2s_lightning.config  # noqa: F401  (registers the schemas and resolvers conf/ uses)
+from w2s_lightning import tasks, threads
+from w2s_lightning.data import tokenize
+from w2s_lightning.models import POOLINGS, load_classifier, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNGS = "smollm2_135m,gemma3_270m,qwen25_coder_05b,qwen25_coder_15b"
+L2 = 1e-3  # the logistic regression's weight decay, on standardised features
+
+
+def layer_features(cfg, split, batch_size: int = 16) -> torch.Tensor:
+    """(layers + 1, rows, width): every hidden state of ``split``, pooled as the model pools."""
+    classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, dropout=False).eval()
+    pool = POOLINGS[cfg.strong.pooling]
+    rows = split.with_format("torch", columns=["input_ids", "attention_mask"])
+    tokenizer = load_tokenizer(cfg.strong, cfg.paths.zoo_dir)
+    pooled = []
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16-mixed")
+    with torch.no_grad(), autocast:
+        for start in range(0, len(rows), batch_size):
+            batch = tokenizer.pad(
+                [rows[i] for i in range(start, min(start + batch_size, len(rows)))], return_tensors="pt"
+            )
+            hidden = classifier.backbone(**batch, output_hidden_states=True).hidden_states
+            pooled.append(torch.stack([pool(h, batch["attention_mask"]).float() for h in hidden]))
+    return torch.cat(pooled, dim=1)
+
+
+def probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels) -> float:
+    """Validation accuracy of an L2 logistic regression fitted on standardised ``train``."""
+    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
+    train, val = (train - mean) / std, (val - mean) / std
+    weight = torch.zeros(train.shape[1] + 1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight], max_iter=200, line_search_fn="strong_wolfe")
+    inputs = torch.cat([train, torch.ones(len(train), 1)], dim=1)
+
+    def loss():
+        optimizer.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(inputs @ weight, train_labels.float())
+        value = value + L2 * weight[:-1].square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    logits = torch.cat([val, torch.ones(len(val), 1)], dim=1) @ weight.detach()
+    return float(((logits > 0).long() == val_labels).float().mean())
+
+
+def choose(task: str, model: str, overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["experiment=offline_causal", f"task={task}", f"model@strong={model}", "seed=0", *overrides],
+        )
+    started = time.time()
+    splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
+    tokenizer = load_tokenizer(cfg.strong, cfg.paths.zoo_dir)
+    chosen = {name: tokenize(splits[name], tokenizer, cfg.strong.max_length) for name in ("train_a", "val")}
+    torch.set_num_threads(threads.threads(cfg))
+    train, val = layer_features(cfg, chosen["train_a"]), layer_features(cfg, chosen["val"])
+    labels = {name: torch.tensor(splits[name]["label"]) for name in ("train_a", "val")}
+    accuracy = [probe_accuracy(train[i], labels["train_a"], val[i], labels["val"]) for i in range(len(train))]
+    best = max(range(len(accuracy)), key=lambda i: (accuracy[i], i))  # ties: the deeper layer
+    return {
+        "task": task,
+        "model": model,
+        "layers": len(accuracy) - 1,
+        "val_acc_by_layer": accuracy,
+        "best_layer": best,
+        "best_val_acc": accuracy[best],
+        "final_layer_val_acc": accuracy[-1],
+        "rows": {"train_a": len(train[0]), "val": len(val[0])},
+        "precision": cfg.trainer.precision,
+        "seconds": time.time() - started,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="sciq")
+    parser.add_argument("--models", default=RUNGS, help=f"comma-separated (default: {RUNGS})")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "layers")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (e.g. paths.zoo_dir=...)")
+    args = parser.parse_args()
+    (args.out / args.task).mkdir(parents=True, exist_ok=True)
+    for model in args.models.split(","):
+        record = choose(args.task, model, args.overrides)
+        (args.out / args.task / f"{model}.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(
+            f"{args.task} {model}: best layer {record['best_layer']} of {record['layers']} "
+            f"(val {100 * record['best_val_acc']:.1f}%; final layer {100 * record['final_layer_val_acc']:.1f}%), "
+            f"{record['seconds']:.0f} s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
