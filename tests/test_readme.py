@@ -118,7 +118,8 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
         started = time.monotonic()
         done = subprocess.run(["bash", "-c", shell], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
         print(f"{time.monotonic() - started:5.0f} s  {shell}")  # shown by pytest -rP: where the test's time goes
-        stop = next((message for key, message in STOPS.items() if key in command), None)
+        reads_results = "command=report" in command  # a report needs no wheels, GPU or network
+        stop = None if reads_results else next((message for key, message in STOPS.items() if key in command), None)
         if stop:  # a single run exits 2 with its one-line error; a multirun's failed job, 1
             assert done.returncode == (1 if " -m " in command else 2) and stop in done.stderr, (
                 shell,
