@@ -33,12 +33,10 @@ RUNGS = "smollm2_135m,gemma3_270m,qwen25_coder_05b,qwen25_coder_15b"
 L2 = 1e-3  # the logistic regression's weight decay, on standardised features
 
 
-def layer_features(cfg, split, batch_size: int = 16) -> torch.Tensor:
+def layer_features(cfg, classifier, tokenizer, split, batch_size: int = 16) -> torch.Tensor:
     """(layers + 1, rows, width): every hidden state of ``split``, pooled as the model pools."""
-    classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, dropout=False).eval()
     pool = POOLINGS[cfg.strong.pooling]
     rows = split.with_format("torch", columns=["input_ids", "attention_mask"])
-    tokenizer = load_tokenizer(cfg.strong, cfg.paths.zoo_dir)
     pooled = []
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16-mixed")
     with torch.no_grad(), autocast:
@@ -82,7 +80,8 @@ def choose(task: str, model: str, overrides: list[str]) -> dict:
     tokenizer = load_tokenizer(cfg.strong, cfg.paths.zoo_dir)
     chosen = {name: tokenize(splits[name], tokenizer, cfg.strong.max_length) for name in ("train_a", "val")}
     torch.set_num_threads(threads.threads(cfg))
-    train, val = layer_features(cfg, chosen["train_a"]), layer_features(cfg, chosen["val"])
+    classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, dropout=False).eval()
+    train, val = (layer_features(cfg, classifier, tokenizer, chosen[name]) for name in ("train_a", "val"))
     labels = {name: torch.tensor(splits[name]["label"]) for name in ("train_a", "val")}
     accuracy = [probe_accuracy(train[i], labels["train_a"], val[i], labels["val"]) for i in range(len(train))]
     best = max(range(len(accuracy)), key=lambda i: (accuracy[i], i))  # ties: the deeper layer

@@ -91,28 +91,27 @@ def paired_differences(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     (``tables.pair_status``, on the baseline's means over seeds) take part; with several pairs
     a task's difference per seed is the median over them."""
     per_task, across = [], []
-    keys = ["task", "weak", "strong", *variants(records), "seed"]
+    task_keys = ["task", *variants(records)]
+    pair_keys = [*task_keys, "weak", "strong"]
     for candidate, baseline in comparisons(records):
         name = f"{candidate['method']}/{candidate['loss']} - {baseline['method']}/{baseline['loss']}"
         base = _select(records, baseline)
-        joined = _select(records, candidate).merge(base, on=keys, suffixes=("", "_base"))
+        joined = _select(records, candidate).merge(base, on=[*pair_keys, "seed"], suffixes=("", "_base"))
         if joined.empty:
             continue
-        status = base.groupby(["task", "weak", "strong", *variants(records)], dropna=False).apply(
-            pair_status, include_groups=False
-        )
+        status = base.groupby(pair_keys, dropna=False).apply(pair_status, include_groups=False)
         ok = status[status == "ok"].index
-        joined = joined[joined.set_index(["task", "weak", "strong", *variants(records)]).index.isin(ok)]
+        joined = joined[joined.set_index(pair_keys).index.isin(ok)]
         joined = joined.assign(difference=joined["pgr"] - joined["pgr_base"])
         means = []
-        for task_values, group in joined.groupby(["task", *variants(records)], sort=True, dropna=False):
+        for task_values, group in joined.groupby(task_keys, sort=True, dropna=False):
             per_seed = group.groupby("seed")["difference"].median()
             mean, low, high = interval(per_seed)
             means.append(mean)
             per_task.append(
                 {
                     "comparison": name,
-                    **dict(zip(["task", *variants(records)], task_values, strict=True)),
+                    **dict(zip(task_keys, task_values, strict=True)),
                     "difference": mean,
                     "low": low,
                     "high": high,

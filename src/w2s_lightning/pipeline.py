@@ -17,7 +17,7 @@ from w2s_lightning import config, parallel, plan, tasks, threads, tracking
 from w2s_lightning.cache import write_atomically
 from w2s_lightning.preflight import preflight
 from w2s_lightning.redact import redacted
-from w2s_lightning.results import Results
+from w2s_lightning.results import RUN_ONLY_KEYS, Results
 from w2s_lightning.runner import StageRunner
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ def skip(cfg: DictConfig, output_dir: Path, reason: str) -> dict:
     }
     write_atomically(output_dir / "skipped.json", json.dumps(skipped, indent=2))
     return skipped
-
-
-# Top-level settings that change where and how a run reports, never its results.
-RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results")
 
 
 def results_of_same_config(cfg: DictConfig, path: Path) -> dict | None:

@@ -20,6 +20,10 @@ from w2s_lightning.cache import write_atomically
 from w2s_lightning.metrics import gap_noise, pgr, pgr_status
 from w2s_lightning.roles import BOOTSTRAP, CEILING, TRANSFER, WEAK, display_order
 
+# Top-level config keys that change where and how a run reports, never its results: a rerun
+# that differs only in them is the same run (pipeline.reuse_results, the report's duplicates).
+RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results")
+
 # Metrics the W&B summary run holds per stage (``<role>/<metric>``): what the report reads back.
 SUMMARY_METRICS = ("acc", "auroc", "ece", "val_ece", "val_margin", "key", "reused")
 

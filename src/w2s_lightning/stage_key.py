@@ -54,24 +54,23 @@ def fingerprint(splits) -> str:
     )
 
 
+def settings(node: DictConfig, display_only: tuple[str, ...], defaults: dict | None = None) -> dict:
+    """``node`` as a plain dict without its display-only keys, nor the keys added later that
+    sit at the value that keeps old keys (``defaults``)."""
+    defaults = defaults or {}
+    return {k: v for k, v in plain(node).items() if k not in display_only and not (k in defaults and defaults[k] == v)}
+
+
 def model_settings(model_cfg: DictConfig) -> dict:
-    return {
-        k: v
-        for k, v in plain(model_cfg).items()
-        if k not in DISPLAY_ONLY_MODEL_KEYS and (k not in MODEL_DEFAULTS or MODEL_DEFAULTS[k] != v)
-    }
+    return settings(model_cfg, DISPLAY_ONLY_MODEL_KEYS, MODEL_DEFAULTS)
 
 
 def task_settings(task_cfg: DictConfig) -> dict:
-    return {k: v for k, v in plain(task_cfg).items() if k not in DISPLAY_ONLY_TASK_KEYS}
+    return settings(task_cfg, DISPLAY_ONLY_TASK_KEYS)
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
-    return {
-        k: v
-        for k, v in plain(cfg.trainer).items()
-        if k not in DISPLAY_ONLY_TRAINER_KEYS and (k not in LIGHTNING_DEFAULTS or LIGHTNING_DEFAULTS[k] != v)
-    }
+    return settings(cfg.trainer, DISPLAY_ONLY_TRAINER_KEYS, LIGHTNING_DEFAULTS)
 
 
 def kind_of(request: StageRequest) -> str:

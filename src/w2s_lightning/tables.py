@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from w2s_lightning.metrics import pgr_status
-from w2s_lightning.results import Results
+from w2s_lightning.results import RUN_ONLY_KEYS, Results
 from w2s_lightning.roles import BOOTSTRAP, CEILING, PGR_ROLES, TRANSFER, WEAK, is_rung
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ OPTIONAL_MEANS = (
 PAIR = ["task", "method", "loss", "weak", "strong"]
 # Config keys that are never a variant: the seed (runs that differ in it are the seeds), and
 # what does not change results (where files go, logging, which command ran).
-NOT_VARIANTS = ("seed", "command", "paths.", "logger.", "report.", "threads", "reuse_results")
+NOT_VARIANTS = ("seed", *RUN_ONLY_KEYS)  # prefixes of the flattened "a.b.c" keys
 # The selection rule that validates on ground truth: a comparison, never a weak-to-strong method.
 ORACLE = "oracle_val"
 
@@ -185,7 +185,7 @@ def without_duplicates(results: list[dict]) -> list[dict]:
     kept: dict[str, dict] = {}
     for result in results:
         settings = pd.json_normalize(result["config"]).iloc[0].to_dict() if result.get("config") else {}
-        same = {k: str(v) for k, v in settings.items() if not k.startswith(NOT_VARIANTS[1:])}
+        same = {k: str(v) for k, v in settings.items() if not k.startswith(RUN_ONLY_KEYS)}
         key = json.dumps(
             [
                 result["task"],
