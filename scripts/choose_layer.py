@@ -27,6 +27,7 @@ import w2s_lightning.config  # noqa: F401  (registers the schemas and resolvers 
 from w2s_lightning import tasks, threads
 from w2s_lightning.data import tokenize
 from w2s_lightning.models import POOLINGS, load_classifier, load_tokenizer
+from w2s_lightning.relabel import LogisticProbe
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNGS = "smollm2_135m,gemma3_270m,qwen25_coder_05b,qwen25_coder_15b"
@@ -51,22 +52,8 @@ def layer_features(cfg, classifier, tokenizer, split, batch_size: int = 16) -> t
 
 def probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels) -> float:
     """Validation accuracy of an L2 logistic regression fitted on standardised ``train``."""
-    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
-    train, val = (train - mean) / std, (val - mean) / std
-    weight = torch.zeros(train.shape[1] + 1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight], max_iter=200, line_search_fn="strong_wolfe")
-    inputs = torch.cat([train, torch.ones(len(train), 1)], dim=1)
-
-    def loss():
-        optimizer.zero_grad()
-        value = torch.nn.functional.binary_cross_entropy_with_logits(inputs @ weight, train_labels.float())
-        value = value + L2 * weight[:-1].square().sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    logits = torch.cat([val, torch.ones(len(val), 1)], dim=1) @ weight.detach()
-    return float(((logits > 0).long() == val_labels).float().mean())
+    probe = LogisticProbe(L2).fit(train, train_labels)
+    return float(((probe.predict(val) > 0.5).long() == val_labels).float().mean())
 
 
 def choose(task: str, model: str, overrides: list[str]) -> dict:

@@ -20,15 +20,15 @@ from w2s_lightning import methods
 from w2s_lightning.methods import LABELLER, StageRequest
 
 
-def flip(predictions):
+def flip(inputs):
     """A relabelling rule: every soft label p becomes 1 - p."""
-    return {split: 1 - p for split, p in predictions.items()}
+    return {split: 1 - p for split, p in inputs.labels.items()}
 
 
 def reversed_weak_labels(cfg, init=None):
     weak, ceiling, transfer = methods.direct(cfg, init)
     flipped = StageRequest("weak_flipped", supervisor="weak", kind="relabel", predicts=LABELLER,
-                           options={"fn": "toy_methods.flip"})
+                           options={"rule": {"_target_": "toy_methods.flip"}})
     return [weak, flipped, ceiling, replace(transfer, supervisor="weak_flipped")]
 '''
 TOY_YAML = "name: reversed\nfn: toy_methods.reversed_weak_labels\n"

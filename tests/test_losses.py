@@ -1,9 +1,15 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-from w2s_lightning.losses import AdaptiveConfLoss, AuxConfLoss, ProductLoss, XentLoss
+import w2s_lightning.config  # noqa: F401  (registers the schemas conf/ uses)
+from w2s_lightning.errors import ConfigError
+from w2s_lightning.losses import AdaptiveConfLoss, AuxConfLoss, ConfidenceWindowLoss, ProductLoss, XentLoss
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def logits_for(p1: list[float]) -> torch.Tensor:
@@ -73,23 +79,58 @@ def test_aux_conf_soft_mixes_in_the_students_own_probabilities():
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
 
 
-def test_adaptive_conf_by_hand():
+def test_adaptive_conf_by_hand_as_the_authors_distiller():
+    # Their formulas (AdaptConf): beta from exp(CE/T); KD = KL(weak || student) at kd_temperature,
+    # times its square; no warm-up, so step_frac changes nothing.
     weak = [0.8, 0.7, 0.1, 0.4]  # hard weak labels [1, 1, 0, 0]; student argmax [1, 0, 1, 0]
-    loss = AdaptiveConfLoss(temperature=2.0, warmup_frac=0.5)(logits_for(P1), torch.tensor(weak), 0.25)
+    loss = AdaptiveConfLoss(temperature=2.0, kd_temperature=2.0)
     expected = 0.0
     for p, w in zip(P1, weak, strict=True):
         own = 1 if p > 0.5 else 0
         ce_self = -math.log(p if own else 1 - p)
         ce_weak = -math.log(p if w > 0.5 else 1 - p)
-        beta = math.exp(ce_self / 2) / (math.exp(ce_self / 2) + math.exp(ce_weak / 2)) * 0.5  # half-way up the ramp
-        expected += (1 - beta) * bce([p], [w]) + beta * ce_self
-    assert loss.item() == pytest.approx(expected / 4, rel=1e-5)
+        beta = math.exp(ce_self / 2) / (math.exp(ce_self / 2) + math.exp(ce_weak / 2))
+        # softmax of logits / 2: P(1) = sqrt(p) / (sqrt(p) + sqrt(1 - p)), for student and weak alike
+        q, t = (math.sqrt(x) / (math.sqrt(x) + math.sqrt(1 - x)) for x in (p, w))
+        kd = 4 * (t * math.log(t / q) + (1 - t) * math.log((1 - t) / (1 - q)))
+        expected += (1 - beta) * kd + beta * ce_self
+    for step_frac in (0.0, 0.5):
+        assert loss(logits_for(P1), torch.tensor(weak), step_frac).item() == pytest.approx(expected / 4, rel=1e-5)
 
 
 def test_adaptive_conf_weighs_agreement_at_one_half_and_trusts_the_weak_label_against_a_confident_student():
-    loss = AdaptiveConfLoss(temperature=1.0, warmup_frac=0.0)
-    agree = loss(logits_for([0.9]), torch.tensor([1.0]), 1.0)
+    loss = AdaptiveConfLoss(temperature=1.0)
+    agree = loss(logits_for([0.9]), torch.tensor([1.0]), 1.0)  # KL against a hard 1 is the cross-entropy
     assert agree.item() == pytest.approx(0.5 * bce([0.9], [1.0]) + 0.5 * -math.log(0.9), rel=1e-5)
     # Student 0.99 against a weak 0: beta = sigmoid(ln(0.99/0.01)... ) is tiny, so the weak label dominates.
     disagree = loss(logits_for([0.99]), torch.tensor([0.0]), 1.0)
     assert disagree.item() == pytest.approx(bce([0.99], [0.0]), rel=0.02)
+
+
+def test_confidence_window_counts_only_the_uncertain_examples():
+    # radius 0.15: P1 0.9 and 0.2 are confident (top probability >= 0.65), 0.6 and 0.4 are not.
+    weak = [0.8, 0.1, 0.5, 0.3]
+    loss = ConfidenceWindowLoss(radius=0.15)(logits_for(P1), torch.tensor(weak), 0.5)
+    assert loss.item() == pytest.approx((bce([0.6], [0.5]) + bce([0.4], [0.3])) / 4, rel=1e-5)
+
+
+def test_confidence_window_of_radius_one_half_is_xent():
+    weak = torch.tensor([0.8, 0.1, 0.5, 0.3])
+    window = ConfidenceWindowLoss(radius=0.5)(logits_for(P1), weak, 0.5)
+    assert window.item() == pytest.approx(XentLoss()(logits_for(P1), weak, 0.5).item(), rel=1e-6)
+
+
+def test_confidence_window_midweak_is_the_median_confidence_of_the_labels():
+    loss = ConfidenceWindowLoss(radius="midweak")
+    loss.fit_to_labels(torch.tensor([0.9, 0.6, 0.3, 0.45, 0.5]))  # confidences 0.4, 0.1, 0.2, 0.05, 0
+    assert loss.radius == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="radius"):
+        ConfidenceWindowLoss(radius=0.7)
+
+
+@pytest.mark.parametrize(("alias", "same_as"), [("kl", "xent"), ("log_entropy", "aux_conf_soft")])
+def test_the_eleuther_loss_names_point_at_the_existing_losses(alias, same_as):
+    """KL against soft labels has xent's gradient, log-entropy is aux_conf_soft: a name, not a twin."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        named, existing = (compose("config", [f"loss={name}"]).loss for name in (alias, same_as))
+    assert named.name == alias and named.fn == existing.fn

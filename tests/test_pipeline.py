@@ -9,7 +9,7 @@ from conftest import accuracy, read_wandb_run, saved, split_labels
 from w2s_lightning import config, methods, pipeline, tasks
 from w2s_lightning.errors import ConfigError, TrainingError
 from w2s_lightning.metrics import pgr
-from w2s_lightning.runner import StageRunner
+from w2s_lightning.runner import TRAINING, StageRunner
 
 
 def read_results(cfg) -> dict:
@@ -154,12 +154,19 @@ def test_students_learn_their_supervisors_labels_of_their_own_rows(make_cfg, tin
     weak = runner.run([requests["weak"]])["weak"]
     for role, rows in (("transfer", range(0, 48)), ("rung1", range(0, 24)), ("bootstrap", range(24, 48))):
         request = requests[role]
-        view, targets = runner.with_rows(request, splits), runner.targets(request, weak)
-        assert targets[request.rows.name].tolist() == weak.predictions["train_b"][rows.start : rows.stop].tolist()
-        assert view[request.rows.name]["label"] == splits["train_b"]["label"][rows.start : rows.stop]  # same rows
+        kept = runner.kept_rows(request, weak)
+        view, targets = runner.with_rows(request, kept, splits), runner.targets(request, weak, kept)
+        assert kept == list(rows)
+        assert targets[TRAINING].tolist() == weak.predictions["train_b"][rows.start : rows.stop].tolist()
+        assert view[TRAINING]["label"] == splits["train_b"]["label"][rows.start : rows.stop]  # same rows
     assert set(splits) == {"train_a", "train_b", "val", "test"}  # the task's splits are never changed
     with pytest.raises(ConfigError, match="predicts only"):
-        runner.targets(requests["transfer"], replace(weak, predictions={"test": weak.predictions["test"]}))
+        runner.kept_rows(requests["transfer"], replace(weak, predictions={"test": weak.predictions["test"]}))
+    # A supervisor's NaN label (a filter, relabel.py) drops that row; the others stay in order.
+    filtered = weak.predictions["train_b"].clone()
+    filtered[[3, 10]] = float("nan")
+    kept = runner.kept_rows(requests["transfer"], replace(weak, predictions={**weak.predictions, "train_b": filtered}))
+    assert kept == [i for i in range(48) if i not in (3, 10)]
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from w2s_lightning.errors import ConfigError
+
 
 def two_class(p1: torch.Tensor) -> torch.Tensor:
     """[N] probabilities of class 1 -> [N, 2] distributions."""
@@ -68,30 +70,59 @@ class AuxConfLoss:
 
 
 class AdaptiveConfLoss:
-    """The adaptive confidence loss of Guo et al. (2024), "Vision Superalignment".
+    """The adaptive confidence loss of Guo et al. (2024), "Vision Superalignment", as their
+    ``AdaptConf`` (github ggjy/vision_weak_to_strong, ``classification/distillers/adaptconf.py``).
 
     Per example, the weight on the student's own hard prediction is
     ``b = exp(CE_self / T) / (exp(CE_self / T) + exp(CE_weak / T))``, where CE_self is the
-    student's cross-entropy against its own argmax and CE_weak against the weak label's
-    argmax (as in the authors' code; ``b`` is 1/2 where they agree and falls as the student
-    grows confident against the weak label). ``b`` ramps in linearly over ``warmup_frac``.
-    loss = mean((1 - b) * CE(student, weak soft label) + b * CE(student, own hard label)).
+    student's cross-entropy against its own argmax and CE_weak against the weak label's argmax
+    (``b`` is 1/2 where they agree and falls as the student grows confident against the weak
+    label); ``T`` is their ``superalignment_threshold``. No warm-up, as in their distiller.
+    loss = mean((1 - b) * KD + b * CE_self), KD = their ``kd_loss``: KL(weak || student) at
+    ``kd_temperature``, times its square. The weak model's logits are log(weak soft label) up
+    to a constant, which the softmax at any temperature ignores.
     """
 
-    def __init__(self, temperature: float = 1.0, warmup_frac: float = 0.25):
+    def __init__(self, temperature: float = 1.0, kd_temperature: float = 1.0):
         self.temperature = temperature
-        self.warmup_frac = warmup_frac
+        self.kd_temperature = kd_temperature
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, step_frac: float) -> torch.Tensor:
         logits, target = logits.float(), target.float()
         own = logits.argmax(dim=-1)
-        weak_hard = (target > 0.5).long()
         ce_self = F.cross_entropy(logits, own, reduction="none")
-        ce_weak = F.cross_entropy(logits, weak_hard, reduction="none")
+        ce_weak = F.cross_entropy(logits, (target > 0.5).long(), reduction="none")
         # exp(a)/(exp(a)+exp(b)) = sigmoid(a - b): the same weight without overflow.
-        beta = torch.sigmoid((ce_self - ce_weak) / self.temperature).detach() * ramp(step_frac, self.warmup_frac)
-        soft = F.cross_entropy(logits, two_class(target), reduction="none")
-        return ((1 - beta) * soft + beta * ce_self).mean()
+        beta = torch.sigmoid((ce_self - ce_weak) / self.temperature).detach()
+        t = self.kd_temperature
+        weak = (two_class(target).clamp_min(1e-12).log() / t).softmax(dim=-1)
+        kd = F.kl_div((logits / t).log_softmax(dim=-1), weak, reduction="none").sum(dim=-1) * t**2
+        return ((1 - beta) * kd + beta * ce_self).mean()
+
+
+class ConfidenceWindowLoss:
+    """The confidence window of EleutherAI's w2s (``w2s/loss.py``, ``--loss window``):
+    cross-entropy against the soft labels only on the examples where the student is uncertain,
+    its top probability under ``0.5 + radius``; the sum is divided by all the examples.
+    ``radius="midweak"``: the median confidence |p - 0.5| of the weak labels it trains on,
+    set by ``fit_to_labels`` before training (their rule)."""
+
+    def __init__(self, radius: float | str = 0.15):
+        if radius != "midweak" and not 0 <= float(radius) <= 0.5:
+            raise ConfigError(f"loss.fn.radius={radius!r}: give a number in [0, 0.5] or 'midweak'.")
+        self.radius = radius
+
+    def fit_to_labels(self, labels: torch.Tensor) -> None:
+        if self.radius == "midweak":
+            self.radius = (labels.float() - 0.5).abs().median().item()
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, step_frac: float) -> torch.Tensor:
+        if isinstance(self.radius, str):
+            raise ConfigError("radius='midweak' needs the training labels: call fit_to_labels first.")
+        logits, target = logits.float(), target.float()
+        uncertain = logits.softmax(dim=-1).max(dim=-1).values < 0.5 + self.radius
+        xent = F.cross_entropy(logits[uncertain], two_class(target[uncertain]), reduction="sum")
+        return xent / len(logits)
 
 
 class ProductLoss:

@@ -12,17 +12,18 @@ Requests are built in order by ``runner.StageRunner``; a request names the roles
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.errors import ConfigError
-from w2s_lightning.roles import BOOTSTRAP, CEILING, GENERATIVE, TRANSFER, WEAK, rung
+from w2s_lightning.roles import BOOTSTRAP, CEILING, ENSEMBLE, GENERATIVE, RELABELLED, TRANSFER, WEAK, rung, s2s_round
 
 # What a stage predicts: every stage val and test; a supervisor also half B, for its student.
 # Every stage on ground truth predicts half B, so a model trained on ground truth is one stage
-# whether it serves as a weak model or as a ceiling (a ladder sweep trains it once).
+# whether it serves as a weak model or as a ceiling (a ladder sweep trains it once); so does a
+# transfer, so strong-to-strong rounds start from the transfer that ``direct`` trains.
 EVALUATED = ("val", "test")
 LABELLER = ("train_b", "val", "test")
 
@@ -49,8 +50,10 @@ class StageRequest:
     """One stage to build. ``kind``: ``classifier`` (trains on ``rows``: ground truth, or the
     soft labels of the ``supervisor`` role), ``generative`` (the model's language-model
     objective on the task's unlabeled text; ``options``: epochs, lr, mlm_probability),
-    ``features`` (a frozen model's pooled features, for probes) or ``relabel`` (no model: the
-    function ``options['fn']`` maps the supervisor's predictions of every split to new ones)."""
+    ``features`` (a frozen model's pooled features, for probes) or ``relabel`` (no training:
+    the rule ``options['rule']``, a config with ``_target_`` (relabel.py), maps the predictions
+    of the supervisor and of the ``others`` to new ones, reading ``model``'s frozen features
+    when a model is named)."""
 
     role: str
     model: DictConfig | None = None
@@ -61,6 +64,7 @@ class StageRequest:
     predicts: tuple[str, ...] = EVALUATED
     kind: str = "classifier"
     options: dict = field(default_factory=dict)
+    others: tuple[str, ...] = ()
 
 
 def recipe(cfg: DictConfig) -> list[StageRequest]:
@@ -85,8 +89,69 @@ def direct(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
     return [
         StageRequest(WEAK, cfg.weak, loss=cfg.ground_truth_loss, predicts=LABELLER),
         StageRequest(CEILING, cfg.strong, loss=cfg.ground_truth_loss, init=init, predicts=LABELLER),
-        StageRequest(TRANSFER, cfg.strong, supervisor=WEAK, rows=Rows("train_b"), loss=cfg.loss, init=init),
+        StageRequest(
+            TRANSFER, cfg.strong, supervisor=WEAK, rows=Rows("train_b"), loss=cfg.loss, init=init, predicts=LABELLER
+        ),
     ]
+
+
+def strong_to_strong(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
+    """``direct``, then ``method.rounds`` strong-to-strong rounds (EleutherAI's ``s2s_iters``):
+    a fresh strong model learns half B from the previous student's predictions of it. The
+    first student is the direct transfer (the same cached stage); the last round is the
+    ``transfer`` that PGR reads. 0 rounds is ``direct``."""
+    rounds = cfg.method.rounds
+    if not isinstance(rounds, int) or rounds < 0:
+        raise ConfigError(f"method.rounds={rounds!r}: give the number of strong-to-strong rounds, 0 or more.")
+    weak, ceiling, transfer = direct(cfg, init)
+    students = [transfer]
+    for number in range(1, rounds + 1):
+        students[-1] = replace(students[-1], role=s2s_round(number - 1))
+        students.append(replace(transfer, supervisor=students[-1].role))
+    return [weak, ceiling, *students]
+
+
+def relabelled(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
+    """``direct``, with the weak model's labels passed through the rule ``method.rule``
+    (relabel.py: a probe's relabelling, a probe's or a confidence filter) before the transfer
+    learns from them. With ``method.features: true`` the rule reads the strong model's frozen
+    features, of its hidden layer ``method.layer`` (null: the one it classifies from)."""
+    weak, ceiling, transfer = direct(cfg, init)
+    model = None
+    if cfg.method.features:
+        layer = {} if cfg.method.layer is None else {"hidden_layer": cfg.method.layer}
+        model = OmegaConf.merge(cfg.strong, layer)
+    rule = StageRequest(
+        RELABELLED, model, supervisor=WEAK, kind="relabel", predicts=LABELLER, options={"rule": cfg.method.rule}
+    )
+    return [weak, rule, ceiling, replace(transfer, supervisor=RELABELLED)]
+
+
+def weak_ensemble(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:
+    """``direct``, with the transfer learning the mean soft label of the weak model and of each
+    model of ``method.members`` other than it, each trained on ground truth of half A as the
+    weak model is (one cached stage per supervisor). Every member must be smaller than the
+    strong model; PGR keeps the weak model's accuracy as its floor."""
+    weak, ceiling, transfer = direct(cfg, init)
+    members = [m for m in cfg.method.members.values() if m.name != cfg.weak.name]
+    if not members:
+        raise ConfigError(f"method.members names no supervisor besides the weak model {cfg.weak.name}; add one.")
+    for member in members:
+        if member.params is not None and cfg.strong.params is not None and member.params >= cfg.strong.params:
+            raise ConfigError(
+                f"ensemble member {member.name} ({member.params:g} parameters) is not smaller than the strong "
+                f"model {cfg.strong.name} ({cfg.strong.params:g}): weak-to-strong needs every supervisor smaller."
+            )
+    supervisors = [replace(weak, role=f"{WEAK}:{m.name}", model=m) for m in members]
+    mean = StageRequest(
+        ENSEMBLE,
+        supervisor=WEAK,
+        others=tuple(s.role for s in supervisors),
+        kind="relabel",
+        predicts=LABELLER,
+        options={"rule": {"_target_": "w2s_lightning.relabel.ensemble_mean"}},
+    )
+    return [weak, *supervisors, mean, ceiling, replace(transfer, supervisor=ENSEMBLE)]
 
 
 def bootstrap(cfg: DictConfig, init: str | None = None) -> list[StageRequest]:

@@ -178,15 +178,11 @@ class Planner:
         def visit(request: StageRequest) -> str:
             request = runner.trimmed(request)
             features = [visit(r) for r in runner.feature_requests(request)]
-            keys = {
-                "supervisor": entries.get(request.supervisor),
-                "init": entries.get(request.init),
-                "features": "+".join(features) or None,
-            }
+            keys = runner.dependency_keys(request, entries.get, features)
             folder = runner.cache.path(*runner.entry(request, keys))
             if any(s.entry == folder.name for s in job.stages):  # a probe's features, shared by two stages
                 return folder.name
-            model = request.model.name if request.model is not None else "relabelled labels"
+            model = "relabelled labels" if request.kind == "relabel" else request.model.name
             if folder.is_dir():
                 status = "cached"
             elif folder.name in self.planned:
@@ -217,7 +213,7 @@ class Planner:
         return self.lengths[key]
 
     def seconds(self, cfg: DictConfig, runner: StageRunner, request: StageRequest, speeds: Speeds) -> float:
-        if request.model is None:  # a relabelling: arithmetic on labels
+        if request.kind == "relabel":  # arithmetic on labels, or a probe fitted on cached features
             return 0.0
         if request.kind == "classifier" and cfg.finetune.name == "probe":
             return PROBE_HEAD_S

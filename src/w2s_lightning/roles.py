@@ -9,12 +9,19 @@ import re
 # Roles: what a stage is for in its experiment (``rungN`` for the Nth bootstrapping rung).
 WEAK, CEILING, TRANSFER, BOOTSTRAP = "weak", "ceiling", "transfer", "bootstrap"
 GENERATIVE, FEATURES = "generative", "features"
+# A supervisor's labels after a relabelling rule (relabel.py), and a weak ensemble's mean labels.
+RELABELLED, ENSEMBLE = "relabelled", "ensemble"
 # The stages of every experiment: PGR = (transfer - weak) / (ceiling - weak).
 PGR_ROLES = (WEAK, TRANSFER, CEILING)
 
 
 def rung(number: int) -> str:
     return f"rung{number}"
+
+
+def s2s_round(number: int) -> str:
+    """A strong-to-strong round's student (round 0: the direct transfer)."""
+    return f"s2s{number}"
 
 
 def is_rung(role: str) -> bool:

@@ -32,16 +32,20 @@ from w2s_lightning import generative, parallel, stage_key, tracking
 from w2s_lightning.cache import StageCache
 from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
-from w2s_lightning.methods import LABELLER, StageRequest, import_function
+from w2s_lightning.methods import LABELLER, StageRequest
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
 from w2s_lightning.module import FeatureModule, W2SModule
+from w2s_lightning.relabel import RelabelInputs
 from w2s_lightning.results import StageResult
 from w2s_lightning.resume import ResumePoint
 from w2s_lightning.roles import FEATURES
 from w2s_lightning.speed import Throughput
 
 log = logging.getLogger(__name__)
+# The name a stage's training rows go by beside the task's splits: never a split's own, so a
+# student that trains on part of half B still predicts the whole of it.
+TRAINING = "training_rows"
 
 
 def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
@@ -80,22 +84,22 @@ class StageRunner:
         return built
 
     def build(self, request: StageRequest, built: dict[str, StageResult]) -> StageResult:
-        supervisor, init = (self.earlier(request, name, built) for name in ("supervisor", "init"))
+        supervisor = self.earlier(request, request.supervisor, "supervisor", built)
+        init = self.earlier(request, request.init, "init", built)
+        others = [self.earlier(request, role, "others", built) for role in request.others]
         request = self.trimmed(request)
         features = {r.predicts[0]: self.build(r, built) for r in self.feature_requests(request)} or None
-        keys = {
-            "supervisor": supervisor and supervisor.key,
-            "init": init and init.key,
-            "features": features and "+".join(stage.key for stage in features.values()),
-        }
+        built_keys = {role: stage.key for role, stage in built.items()}
+        keys = self.dependency_keys(request, built_keys.get, [stage.key for stage in (features or {}).values()])
         kind, spec = self.entry(request, keys)
         builder = getattr(self, f"_{request.kind}")
         progress = self.cache.resume_folder(kind, spec)
+        inputs = dict(supervisor=supervisor, init=init, features=features, others=others, progress=progress)
         folder, reused = self.cache.get_or_build(
-            kind, spec, lambda out: builder(out, request, supervisor, init, features, progress), ranks=parallel
+            kind, spec, lambda out: builder(out, request, **inputs), ranks=parallel
         )
         shutil.rmtree(progress, ignore_errors=True)  # published: its in-progress checkpoints served their purpose
-        model = request.model.name if request.model is not None else f"{supervisor.model} relabelled"
+        model = f"{supervisor.model} relabelled" if request.kind == "relabel" else request.model.name
         if reused:
             log.info(
                 "%s: reusing %s (%s) from the cache, not retraining: %s", request.role, model, request.kind, folder
@@ -103,9 +107,11 @@ class StageRunner:
         return StageResult.load(request.role, model, folder, reused)
 
     @staticmethod
-    def earlier(request: StageRequest, field: str, built: dict[str, StageResult]) -> StageResult | None:
-        """The built stage that ``request`` names as its ``field`` (supervisor, init), if any."""
-        role = getattr(request, field)
+    def earlier(
+        request: StageRequest, role: str | None, field: str, built: dict[str, StageResult]
+    ) -> StageResult | None:
+        """The built stage ``role`` that ``request`` names as its ``field`` (supervisor, init,
+        others), if any."""
         if role is not None and role not in built:
             raise ConfigError(
                 f"stage {request.role!r} names {role!r} as its {field}, but no earlier request "
@@ -118,14 +124,30 @@ class StageRunner:
         return replace(request, predicts=tuple(n for n in request.predicts if len(self.splits[n])))
 
     def feature_requests(self, request: StageRequest) -> list[StageRequest]:
-        """Under ``finetune=probe``, the frozen features a classifier trains on: one stage per split."""
-        if request.kind != "classifier" or self.cfg.finetune.name != "probe":
+        """The frozen features a request reads, one stage per split: a classifier's under
+        ``finetune=probe``, and the model's of a relabelling that names one (relabel.py)."""
+        if request.kind == "relabel" and request.model is not None:
+            splits = request.predicts
+        elif request.kind == "classifier" and self.cfg.finetune.name == "probe":
+            splits = ("train_a", *LABELLER)
+        else:
             return []
         return [
             StageRequest(f"{FEATURES}:{split}", request.model, init=request.init, kind="features", predicts=(split,))
-            for split in ("train_a", *LABELLER)
+            for split in splits
             if len(self.splits[split])
         ]
+
+    @staticmethod
+    def dependency_keys(request: StageRequest, key_of, feature_keys: list[str]) -> dict:
+        """The cache keys of the stages ``request`` depends on; ``key_of(role)``: a built (or
+        planned) stage's key. The plan computes keys with this too, so both agree."""
+        return {
+            "supervisor": key_of(request.supervisor) if request.supervisor else None,
+            "init": key_of(request.init) if request.init else None,
+            "features": "+".join(feature_keys) or None,
+            "others": [key_of(role) for role in request.others] or None,
+        }
 
     def entry(self, request: StageRequest, keys: dict[str, str | None]) -> tuple[str, dict]:
         """The cache entry's kind and spec of ``request``; ``keys``: the entries it depends on."""
@@ -140,7 +162,7 @@ class StageRunner:
 
     # ------------------------------------------------------------ builders, one per kind
 
-    def _generative(self, out: Path, request: StageRequest, *_) -> None:
+    def _generative(self, out: Path, request: StageRequest, **_) -> None:
         model_cfg = request.model
         log.info("generative: fine-tuning %s on the task's unlabeled text (%s)", model_cfg.name, model_cfg.objective)
         logger = tracking.stage_logger(self.cfg, request.role, model_cfg.name)
@@ -148,22 +170,43 @@ class StageRunner:
         with tracking.finished_when_done(logger):
             generative.finetune(self.cfg, model_cfg, request.options, self.splits, trainer, out)
 
-    def _features(self, out: Path, request: StageRequest, supervisor, init: StageResult | None, *_) -> None:
+    def _features(self, out: Path, request: StageRequest, init: StageResult | None, **_) -> None:
         log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
         classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
-        datamodule = self.datamodule(request, {}, None)
+        datamodule = self.datamodule(request, self.kept_rows(request, None), {}, None)
         trainer = self.trainer(request.model, 1, out, False)
         outputs = trainer.predict(FeatureModule(classifier), datamodule=datamodule)
         self.save(out, trainer, datamodule, request.predicts, outputs)
 
-    def _relabel(self, out: Path, request: StageRequest, supervisor: StageResult, *_) -> None:
-        log.info("%s: %s applied to %s's labels", request.role, request.options["fn"], supervisor.role)
-        relabelled = import_function(request.options["fn"])(supervisor.predictions)
+    def _relabel(
+        self,
+        out: Path,
+        request: StageRequest,
+        supervisor: StageResult,
+        features: dict[str, StageResult] | None,
+        others: list[StageResult],
+        **_,
+    ) -> None:
+        """The rule ``options['rule']`` (a config with ``_target_``, relabel.py) applied to the
+        supervisor's labels of the splits the request predicts; NaN marks a dropped row."""
+        rule = request.options["rule"]
+        log.info("%s: %s applied to %s's labels", request.role, rule["_target_"], supervisor.role)
+
+        def of(stage: StageResult) -> dict[str, torch.Tensor]:
+            return {n: stage.predictions[n] for n in request.predicts}
+
+        inputs = RelabelInputs(
+            labels=of(supervisor),
+            features=features and {split: stage.predictions[split] for split, stage in features.items()},
+            others=[of(other) for other in others],
+        )
+        relabelled = hydra.utils.instantiate(rule, _partial_=True)(inputs)
         save_file(
             {n: relabelled[n].float().contiguous() for n in request.predicts}, str(out / "predictions.safetensors")
         )
-        test_labels = torch.tensor(self.splits["test"]["label"])
-        (out / "metrics.json").write_text(json.dumps(evaluate(relabelled["test"], test_labels), indent=2))
+        metrics = evaluate(relabelled["test"], torch.tensor(self.splits["test"]["label"]))
+        metrics["kept"] = float(relabelled[request.predicts[0]].isfinite().float().mean())
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     def _classifier(
         self,
@@ -173,6 +216,7 @@ class StageRunner:
         init: StageResult | None,
         features: dict[str, StageResult] | None,
         progress: Path,
+        **_,
     ) -> None:
         """Fit on the request's rows (from the in-progress checkpoint in ``progress`` when a
         killed build left one), predict with the checkpoint ``select`` chose (students only),
@@ -184,11 +228,15 @@ class StageRunner:
             model_cfg.name,
             f"{supervisor.role}'s labels of {rows.name}" if supervisor else "ground truth",
         )
+        kept = self.kept_rows(request, supervisor)
         if features is not None:
             features = {split: stage.predictions[split] for split, stage in features.items()}
-            features[rows.name] = self.cut(request, features[rows.split])
-        datamodule = self.datamodule(request, self.targets(request, supervisor), features)
+            features[TRAINING] = features[rows.split][kept]
+        targets = self.targets(request, supervisor, kept)
+        datamodule = self.datamodule(request, kept, targets, features)
         module = self.module(request, init, features)
+        if supervisor and hasattr(module.loss, "fit_to_labels"):  # a loss set from the labels (window: midweak)
+            module.loss.fit_to_labels(targets[TRAINING])
         logger = tracking.stage_logger(cfg, request.role, model_cfg.name)
         resume = ResumePoint(progress, cfg.train.checkpoint_every)
         epochs = cfg.finetune.epochs or cfg.train.epochs
@@ -207,7 +255,7 @@ class StageRunner:
             metrics.update(
                 train_seconds=train_seconds,
                 total_seconds=time.time() - started,
-                n_train=len(datamodule.splits[rows.name]),
+                n_train=len(datamodule.splits[TRAINING]),
                 selection=cfg.select.name if supervisor else "last",
                 selected_step=int(Path(best).stem.split("step=")[1]) if best else trainer.global_step,
                 **self.throughput(trainer).metrics(),
@@ -263,12 +311,10 @@ class StageRunner:
     # ------------------------------------------------------------ parts
 
     @staticmethod
-    def with_rows(request: StageRequest, splits: datasets.DatasetDict) -> datasets.DatasetDict:
-        """``splits`` plus the request's rows under their own name (``Rows.name``): a new dict, so
-        the splits themselves never change."""
-        rows = request.rows
-        indices = rows.indices(len(splits[rows.split]))
-        return datasets.DatasetDict({**splits, rows.name: splits[rows.split].select(indices)})
+    def with_rows(request: StageRequest, kept: list[int], splits: datasets.DatasetDict) -> datasets.DatasetDict:
+        """``splits`` plus the request's ``kept`` rows under the name ``TRAINING``: a new dict, so
+        the splits themselves never change (a student predicts the whole of its split)."""
+        return datasets.DatasetDict({**splits, TRAINING: splits[request.rows.split].select(kept)})
 
     def tokenized(self, model_cfg: DictConfig):
         """The tokenizer of ``model_cfg`` and the task's splits tokenised by it: once per
@@ -280,23 +326,33 @@ class StageRunner:
             self.tokenizations[key] = tokenizer, tokenize(self.splits, tokenizer, length)
         return self.tokenizations[key]
 
-    def cut(self, request: StageRequest, values: torch.Tensor) -> torch.Tensor:
-        """The part of ``values`` (one per row of the request's split) that its rows cover."""
-        indices = request.rows.indices(len(self.splits[request.rows.split]))
-        return values[indices.start : indices.stop]
-
-    def targets(self, request: StageRequest, supervisor: StageResult | None) -> dict[str, torch.Tensor]:
-        """What a student trains and validates on: its supervisor's soft labels of its rows and
-        of ``val``, row for row. Nothing for a stage on ground truth."""
+    def kept_rows(self, request: StageRequest, supervisor: StageResult | None) -> list[int]:
+        """The rows of the request's split it trains on: its part (``Rows.indices``), without
+        the rows its supervisor dropped (a filter's NaN labels, relabel.py)."""
+        split = request.rows.split
+        rows = list(request.rows.indices(len(self.splits[split])))
         if supervisor is None:
-            return {}
-        if request.rows.split not in supervisor.predictions:
+            return rows
+        if split not in supervisor.predictions:
             raise ConfigError(
-                f"stage {request.role!r} trains on {supervisor.role}'s labels of {request.rows.split}, "
+                f"stage {request.role!r} trains on {supervisor.role}'s labels of {split}, "
                 f"but {supervisor.role} predicts only {sorted(supervisor.predictions)}."
             )
+        dropped = supervisor.predictions[split].isnan().tolist()
+        kept = [i for i in rows if not dropped[i]]
+        if not kept:
+            raise ConfigError(f"stage {request.role!r}: {supervisor.role} dropped every row of {split}; keep some.")
+        return kept
+
+    def targets(
+        self, request: StageRequest, supervisor: StageResult | None, kept: list[int]
+    ) -> dict[str, torch.Tensor]:
+        """What a student trains and validates on: its supervisor's soft labels of its ``kept``
+        rows and of ``val``, row for row. Nothing for a stage on ground truth."""
+        if supervisor is None:
+            return {}
         return {
-            request.rows.name: self.cut(request, supervisor.predictions[request.rows.split]),
+            TRAINING: supervisor.predictions[request.rows.split][kept],
             "val": supervisor.predictions.get("val", torch.empty(0)),
         }
 
@@ -336,23 +392,27 @@ class StageRunner:
         return next(c for c in trainer.callbacks if isinstance(c, Throughput))
 
     def datamodule(
-        self, request: StageRequest, targets: dict[str, torch.Tensor], features: dict[str, torch.Tensor] | None
+        self,
+        request: StageRequest,
+        kept: list[int],
+        targets: dict[str, torch.Tensor],
+        features: dict[str, torch.Tensor] | None,
     ) -> TaskDataModule:
-        """The request's rows and the splits it predicts, as cached features (probes) or
+        """The request's ``kept`` rows and the splits it predicts, as cached features (probes) or
         tokenised for its model, with ``targets`` in place of the ground truth."""
         model_cfg = request.model
         common = dict(
-            train_split=request.rows.name,
+            train_split=TRAINING,
             predict_splits=list(request.predicts),
             targets={name: t.numpy() for name, t in targets.items()},
             minibatch_size=model_cfg.minibatch_size,
             eval_batch_size=model_cfg.eval_batch_size,
         )
         if features is not None:
-            return FeatureDataModule(self.with_rows(request, self.splits), features, **common)
+            return FeatureDataModule(self.with_rows(request, kept, self.splits), features, **common)
         tokenizer, splits = self.tokenized(model_cfg)
         return TaskDataModule(
-            self.with_rows(request, splits),
+            self.with_rows(request, kept, splits),
             tokenizer,
             seed=self.cfg.seed,
             length_buckets=self.cfg.train.length_buckets,

@@ -94,11 +94,13 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
             "init": keys.get("init"),
         }
     common = {"format": STAGE_FORMAT, "data": data_key, "seed": cfg.seed, "task": task_settings(cfg.task)}
-    if request.kind == "relabel":  # no model trains: the function and its input decide everything
+    if request.kind == "relabel":  # no model trains: the rule and its inputs decide everything
         return {
             **common,
-            "relabel": request.options["fn"],
+            "relabel": plain(OmegaConf.create(request.options["rule"])),
             "supervisor": keys["supervisor"],
+            "others": keys.get("others"),
+            "features": keys.get("features"),
             "predicts": list(request.predicts),
         }
     common.update(model=model_settings(request.model), trainer=trainer_settings(cfg), init=keys.get("init"))
