@@ -16,7 +16,7 @@ from hydra.errors import HydraException
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from w2s_lightning import pipeline, tasks
+from w2s_lightning import pipeline, preflight, tasks
 from w2s_lightning.errors import CacheError, ConfigError, DataError, ModelError, W2SError
 from w2s_lightning.runner import StageRunner
 
@@ -294,3 +294,40 @@ def test_the_docs_catalogue_names_every_entry_and_its_test():
         path, test_name = test.split("::")
         assert f"def {test_name}(" in (ROOT / path).read_text(), test
     assert len(names) + len(ELSEWHERE) >= 20
+
+
+def test_a_negative_seed_names_the_setting(make_cfg, tmp_path, tiny_overrides):
+    refused(make_cfg, tmp_path, [*tiny_overrides, "seed=-1"], ConfigError, r"seed=-1: the experiment seed must be")
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("loss.fn.aux_coef=-1", r"loss.fn.aux_coef=-1: .* in \[0, 1\]"),
+        ("loss.fn.warmup_frac=2", r"loss.fn.warmup_frac=2: a share of training"),
+    ],
+)
+def test_an_aux_conf_setting_it_cannot_mean_is_refused_before_training(
+    make_cfg, tmp_path, tiny_overrides, override, pattern
+):
+    refused(make_cfg, tmp_path, [*tiny_overrides, "loss=aux_conf", override], ConfigError, pattern)
+
+
+def test_a_single_run_with_the_weak_model_larger_runs_the_pair_it_names(make_cfg, tiny_overrides, caplog):
+    cfg = make_cfg(*tiny_overrides, "weak.params=2e9", "strong.params=1e6", "ladder.cross_family=true")
+    assert preflight.skip_reason(cfg, sweep=False) is None
+    assert "larger than the strong one" in caplog.text
+    assert "the weak model is larger" in preflight.skip_reason(cfg, sweep=True)
+
+
+def test_string_labels_of_a_csv_become_zero_and_one(make_cfg, tmp_path):
+    """positive/negative (accepted values) in a string column: the formatted label is an int."""
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "review,label\n" + "".join(f"review {i},{'positive' if i % 2 else 'negative'}\n" for i in range(40))
+    )
+    cfg = make_cfg(
+        "task=custom", f"task.path={path}", "task.text_template='{review}'", "task.n_train=20", "task.n_test=10"
+    )
+    splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
+    assert set(splits["train_a"]["label"]) == {0, 1} and tasks.class_balance(splits)["test"]["rows"] == 10

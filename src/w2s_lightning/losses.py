@@ -44,6 +44,13 @@ class AuxConfLoss:
     """
 
     def __init__(self, aux_coef: float = 0.5, warmup_frac: float = 0.2, window: int = 32, hard: bool = True):
+        if not 0 <= aux_coef <= 1:
+            raise ConfigError(
+                f"loss.fn.aux_coef={aux_coef}: the weight of the student's own predictions in its target "
+                "is a share, in [0, 1] (the paper: 0.5, or 0.75 for the largest students)."
+            )
+        if not 0 <= warmup_frac <= 1:
+            raise ConfigError(f"loss.fn.warmup_frac={warmup_frac}: a share of training, in [0, 1].")
         self.aux_coef = aux_coef
         self.warmup_frac = warmup_frac
         self.window = window
@@ -84,6 +91,10 @@ class AdaptiveConfLoss:
     """
 
     def __init__(self, temperature: float = 1.0, kd_temperature: float = 1.0):
+        if temperature <= 0 or kd_temperature <= 0:
+            raise ConfigError(
+                f"loss.fn.temperature={temperature}, kd_temperature={kd_temperature}: temperatures must be positive."
+            )
         self.temperature = temperature
         self.kd_temperature = kd_temperature
 

@@ -5,11 +5,14 @@ A bad value stops here with an error that names it and the fix, not hours into a
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
+import hydra
 import psutil
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from w2s_lightning import methods, parallel, zoo
@@ -17,6 +20,8 @@ from w2s_lightning.errors import CacheError, ConfigError
 from w2s_lightning.models import check_loadable, check_pooling
 from w2s_lightning.roles import BOOTSTRAP, PGR_ROLES
 from w2s_lightning.runner import accumulation
+
+log = logging.getLogger(__name__)
 
 # Training every weight with AdamW holds float32 weights, gradients and two moments.
 BYTES_PER_TRAINED_PARAMETER = 16
@@ -77,8 +82,16 @@ def check_config(cfg: DictConfig, requests: list[methods.StageRequest] | None = 
             "trainer=gpu, but this machine has no CUDA GPU that torch can see; "
             "use trainer=cpu here, or install the CUDA build of torch (README)."
         )
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed}: the experiment seed must be an integer, 0 or more (e.g. seed=0,1,2).")
     parallel.check(cfg)
     requests = methods.recipe(cfg) if requests is None else requests
+    for request in requests:  # a loss refuses settings it cannot mean (aux_coef=-1), here rather than mid-run
+        if request.loss is not None:
+            try:
+                hydra.utils.instantiate(request.loss.fn)
+            except InstantiationException as err:
+                raise (err.__cause__ if isinstance(err.__cause__, ConfigError) else ConfigError(str(err))) from None
     missing = set(PGR_ROLES) - {r.role for r in requests}
     if missing:
         raise ConfigError(
@@ -131,8 +144,17 @@ def check_config(cfg: DictConfig, requests: list[methods.StageRequest] | None = 
 
 def skip_reason(cfg: DictConfig, sweep: bool = True) -> str | None:
     """Why a ladder sweep skips this (weak, strong) pair, or None when it runs. Outside a
-    sweep over models, naming two families is itself the request to pair them."""
-    if sweep and cfg.weak.family != cfg.strong.family and not cfg.ladder.cross_family:
+    sweep over models, naming the two models is itself the request to pair them, whatever
+    their families and sizes."""
+    if not sweep:
+        if cfg.weak.params > cfg.strong.params:
+            log.warning(
+                "the weak model %s is larger than the strong one %s: running the pair asked for",
+                cfg.weak.name,
+                cfg.strong.name,
+            )
+        return None
+    if cfg.weak.family != cfg.strong.family and not cfg.ladder.cross_family:
         return (
             f"{cfg.weak.name} ({cfg.weak.family}) and {cfg.strong.name} ({cfg.strong.family}) are of different "
             "families, and ladders run within one family as the paper's do; set ladder.cross_family=true to run it"
