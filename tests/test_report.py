@@ -8,6 +8,7 @@ import pytest
 
 from w2s_lightning import figures, report, tables
 from w2s_lightning.errors import ConfigError
+from w2s_lightning.results import Results
 
 PARAMS = {"small": 1e6, "mid": 2e6, "big": 3e6}
 
@@ -253,3 +254,21 @@ def test_oracle_selection_is_always_a_column():
     assert pairs.iloc[0]["select.name"] == "oracle_val" and summary.iloc[0]["select.name"] == "oracle_val"
     plain = tables.tables([result("small", "big", (0.6, 0.7, 0.9), select__name="last")])[0]
     assert "select.name" not in plain.columns  # not a variant when no run reads ground truth
+
+
+def test_a_wandb_summary_names_each_stages_own_model_a_rung_included():
+    bootstrapped = result("small", "big", (0.6, 0.7, 0.9))
+    bootstrapped["method"] = "bootstrap"
+    for role, model in (("weak", "small"), ("transfer", "big"), ("ceiling", "big")):
+        bootstrapped["stages"][role]["model"] = model
+    bootstrapped["stages"]["rung1"] = {"model": "mid", "acc": 0.75, "auroc": 0.8, "key": "r1", "reused": False}
+    bootstrapped["config"]["task"] = {"name": "sst2"}
+    summary = Results.from_dict(bootstrapped).wandb_summary()
+    back = Results.from_wandb(summary, bootstrapped["config"])
+    assert {role: stage.model for role, stage in back.stages.items()} == {
+        "weak": "small",
+        "rung1": "mid",
+        "transfer": "big",
+        "ceiling": "big",
+    }
+    assert back.pgr() == pytest.approx((0.7 - 0.6) / (0.9 - 0.6)) and back.method == "bootstrap"

@@ -24,8 +24,9 @@ from w2s_lightning.roles import BOOTSTRAP, CEILING, TRANSFER, WEAK, display_orde
 # that differs only in them is the same run (pipeline.reuse_results, the report's duplicates).
 RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results")
 
-# Metrics the W&B summary run holds per stage (``<role>/<metric>``): what the report reads back.
-SUMMARY_METRICS = ("acc", "auroc", "ece", "val_ece", "val_margin", "key", "reused")
+# What the W&B summary run holds per stage (``<role>/<field>``): what the report reads back,
+# the stage's model included (a bootstrapping rung is neither the weak nor the strong model).
+SUMMARY_METRICS = ("model", "acc", "auroc", "ece", "val_ece", "val_margin", "key", "reused")
 
 
 @dataclass
@@ -166,8 +167,9 @@ class Results:
             role: StageResult.from_dict(role, {k: summary.get(f"{role}/{k}", math.nan) for k in SUMMARY_METRICS})
             for role in roles
         }
-        for role, stage in stages.items():  # the summary names no models: the pair's are known
-            stage.model = config["weak"]["name"] if role == WEAK else config["strong"]["name"]
+        for role, stage in stages.items():  # a summary written before it held the model: the pair's, where known
+            if not isinstance(stage.model, str):
+                stage.model = {WEAK: config["weak"]["name"], CEILING: config["strong"]["name"]}.get(role, "unknown")
         return cls(
             task=config["task"]["name"],
             weak_model=config["weak"]["name"],
