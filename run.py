@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import w2s_lightning.config  # noqa: F401  (registers the resolvers conf/ uses)
-from w2s_lightning import console, pipeline, plan, report
+from w2s_lightning import console, parallel, pipeline, plan, report
 from w2s_lightning.errors import ConfigError, W2SError
 
 COMMANDS = {"experiment": pipeline.run, "plan": plan.run, "report": report.run}
@@ -25,6 +25,8 @@ COMMANDS = {"experiment": pipeline.run, "plan": plan.run, "report": report.run}
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     console.route_third_party_output()
+    if "Joblib" in HydraConfig.get().launcher.get("_target_", ""):  # a local_parallel job: end with the sweep
+        parallel.OrphanGuard.start_once()
     try:
         if cfg.command not in COMMANDS:
             raise ConfigError(f"command={cfg.command} is unknown; use one of: {', '.join(COMMANDS)}.")

@@ -388,3 +388,37 @@ def test_two_sweeps_on_one_cache_and_a_report_reading_one_as_it_runs(tiny_ladder
     counts = report.accounting(results, [])
     assert counts["experiments"] == 4 and counts["ground_truth_stages_used"] == 2
     assert counts["stages_trained_by_several_jobs"] == [] and counts["ground_truth_stages_trained_here"] == 2
+
+
+@pytest.mark.slow
+def test_killing_a_local_parallel_sweep_ends_its_workers(tiny_ladder_conf, tmp_path):
+    """The sweep's process is SIGKILLed while its joblib workers train: they end too (within
+    the guard's second of polling and the SIGTERM that saves their progress)."""
+    import psutil
+
+    args = [
+        sys.executable,
+        "run.py",
+        "-m",
+        f"hydra.searchpath=[file://{tiny_ladder_conf}]",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *TINY_SIZES,
+        "train.epochs=200",  # long enough to be training when the kill comes
+        "hydra/launcher=local_parallel",
+        "model@weak=tiny_a",
+        "model@strong=tiny_b",
+        "loss=xent,aux_conf",
+    ]
+    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    sweep = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+        ": training " in log.read_text() for log in (tmp_path / "sweep").glob("*/run.log")
+    ):
+        time.sleep(0.5)  # until a job's stage is training
+    workers = psutil.Process(sweep.pid).children(recursive=True)
+    assert workers, "the sweep started no worker processes"
+    sweep.kill()
+    sweep.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers still running after the sweep was killed: {[p.pid for p in alive]}"

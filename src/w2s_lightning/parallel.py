@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,3 +289,30 @@ class Watcher(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+class OrphanGuard(threading.Thread):
+    """Ends a local sweep job (a joblib worker, ``hydra/launcher=local_parallel``) when the sweep's
+    process dies: the workers outlive a killed parent and would go on training. On the parent's
+    death this process gets SIGTERM, which a training stage answers by saving an in-progress
+    checkpoint (resume.py) and exiting; SIGKILL follows if it is still alive ``grace`` seconds later."""
+
+    started = False  # one guard per worker process: a worker runs job after job
+
+    def __init__(self, grace: float = 30.0):
+        super().__init__(daemon=True, name="w2s-orphan-guard")
+        self.parent, self.grace = os.getppid(), grace
+
+    @classmethod
+    def start_once(cls) -> None:
+        if not cls.started:
+            cls.started = True
+            cls().start()
+
+    def run(self) -> None:
+        while os.getppid() == self.parent:
+            time.sleep(1.0)
+        print(f"error: the sweep's process {self.parent} is gone; ending this job", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(self.grace)
+        os.kill(os.getpid(), signal.SIGKILL)
