@@ -263,6 +263,17 @@ def format_hh_pair(row: dict, rng: random.Random, task: DictConfig) -> dict:
     return {"text": first, "text_b": second, "label": label}
 
 
+@formatter("chess")
+def format_chess(row: dict, rng: random.Random, task: DictConfig) -> dict:
+    """The paper's chess puzzles as a binary task (multiple choice): the position where the
+    solver is to move (FEN, which says whose move it is) and one candidate move in UCI, the
+    puzzle's best move or a legal wrong one, by a coin flip; label 1 = it is the puzzle's move.
+    UCI, not SAN: SAN marks checks and mates, and best moves are far more often both."""
+    label, move = candidate(rng, row["BestMove"], [row["WrongMove"]])
+    side = "White" if row["PuzzleFEN"].split()[1] == "w" else "Black"
+    return {"text": f"Chess position (FEN): {row['PuzzleFEN']}\n{side} to move. Candidate move: {move}", "label": label}
+
+
 TRUE_VALUES = {"1", "1.0", "yes", "y", "true", "t", "positive", "pos"}
 FALSE_VALUES = {"0", "0.0", "no", "n", "false", "f", "negative", "neg"}
 
