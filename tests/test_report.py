@@ -272,3 +272,14 @@ def test_a_wandb_summary_names_each_stages_own_model_a_rung_included():
         "ceiling": "big",
     }
     assert back.pgr() == pytest.approx((0.7 - 0.6) / (0.9 - 0.6)) and back.method == "bootstrap"
+
+
+def test_one_setting_written_as_0_and_as_0_0_is_one_variant_and_the_seeds_pool():
+    """train.warmup_frac=0 in one run and 0.0 in another (the same setting): no variant column,
+    three seeds in one row."""
+    results = [
+        result("small", "big", (0.6, 0.7, 0.9), seed=seed, train__warmup_frac=value)
+        for seed, value in enumerate((0, 0.0, 0))
+    ]
+    pairs, _ = tables.tables(results)
+    assert "train.warmup_frac" not in pairs.columns and list(pairs["seeds"]) == [3]

@@ -188,6 +188,19 @@ def follow(final: Path, build: Callable[[Path], None], ranks: Ranks) -> bool:
     return True
 
 
+def canonical(value: Any) -> Any:
+    """``value`` as keys and the report compare it: a float that is a whole number as an int
+    (``0.0`` as ``0``, ``1e3`` as ``1000``), so one setting written two ways is one setting;
+    dicts and lists element by element."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 def content_key(spec: Any) -> str:
     """A short, stable hash of a JSON-serialisable spec."""
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)

@@ -15,6 +15,7 @@ import math
 import pandas as pd
 from scipy import stats
 
+from w2s_lightning.cache import canonical
 from w2s_lightning.metrics import pgr_status
 from w2s_lightning.results import RUN_ONLY_KEYS, Results
 from w2s_lightning.roles import BOOTSTRAP, CEILING, PGR_ROLES, TRANSFER, WEAK, is_rung
@@ -91,7 +92,7 @@ def interval(values: pd.Series) -> tuple[float, float, float]:
 def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     """The config values that vary inside a (task, method, loss, weak, strong) group, other
     than the seed, as columns beside ``records``: what a sweep varied beyond the pair."""
-    settings = pd.json_normalize(configs).set_axis(records.index)  # nested keys as "a.b.c" columns
+    settings = pd.json_normalize(canonical(configs)).set_axis(records.index)  # nested keys as "a.b.c" columns
     settings = settings[[c for c in settings.columns if not c.startswith(NOT_VARIANTS)]].astype(str)
     pair = records[PAIR].astype(str).agg("|".join, axis=1)
     varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
