@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import accuracy, read_wandb_run, saved, split_labels
 
 from w2s_lightning import config, methods, pipeline, tasks
@@ -210,3 +211,17 @@ def test_reuse_results_returns_a_finished_job_without_training_and_reruns_a_chan
     assert not (folder / "fresh-cache").exists()  # nothing trained, no cache touched
     assert pipeline.results_of_same_config(make_cfg("seed=1"), folder / "results.json") is None
     assert "holds results of another config" in caplog.text
+
+
+@pytest.mark.slow
+def test_validating_more_often_changes_no_weight_of_a_ground_truth_stage(make_cfg, tiny_overrides, tmp_path):
+    """Issue 24, item 9: a stage on ground truth validates every select.val_every epoch, which
+    its key leaves out; validation takes nothing from the training order, so the weights and
+    predictions are the same."""
+    predictions = []
+    for val_every in (1.0, 0.25):
+        cfg = make_cfg(*tiny_overrides, f"select.val_every={val_every}", f"paths.cache_dir={tmp_path / str(val_every)}")
+        runner = StageRunner(cfg, tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed))
+        weak = runner.run([next(r for r in methods.recipe(cfg) if r.role == "weak")])["weak"]
+        predictions.append(weak.predictions)
+    assert all(torch.equal(predictions[0][split], predictions[1][split]) for split in predictions[0])

@@ -101,3 +101,49 @@ def test_data_fingerprint_follows_the_rows(tmp_path, make_cfg):
 def test_hidden_layer_changes_the_key_and_its_default_keeps_the_old_one(make_cfg):
     assert key(make_cfg("strong.hidden_layer=3")) != key(make_cfg())
     assert "hidden_layer" not in stage_key.model_settings(make_cfg().strong)  # stages cached before it keep keys
+
+
+def feature_key(cfg, split="test") -> str:
+    request = methods.StageRequest(f"features:{split}", cfg.strong, kind="features", predicts=(split,))
+    return content_key(stage_key.spec(cfg, "rows-v1", request, {"init": None}))
+
+
+def test_one_number_written_two_ways_is_one_key(make_cfg):
+    """0 and 0.0, 1e-3 and 0.001: the same setting, the same stage (issue 24, item 10)."""
+    assert key(make_cfg("train.warmup_frac=0")) == key(make_cfg("train.warmup_frac=0.0"))
+    assert key(make_cfg("strong.lr=1e-3")) == key(make_cfg("strong.lr=0.001"))
+    assert key(make_cfg("strong.lr=1e-3")) != key(make_cfg("strong.lr=2e-3"))
+
+
+def test_settings_that_cannot_change_a_result_leave_the_key_alone(make_cfg):
+    """Item 11: AdamW's kernel and torch.compile reorder float sums only; a selection rule with
+    no callbacks keeps the last weights whatever it validates; a frozen forward pass reads no
+    training setting; a null setting is an absent one."""
+    base = make_cfg()
+    for override in ("train.adamw=for_loop", "train.compile=true"):
+        assert key(make_cfg(override)) == key(base) and key(make_cfg(override), "transfer") == key(base, "transfer")
+    assert key(make_cfg("select.val_every=0.5"), "transfer") == key(base, "transfer")  # select=last
+    assert key(make_cfg("select=weak_val"), "transfer") != key(base, "transfer")
+    for override in ("strong.lr=1e-3", "strong.minibatch_size=8", "strong.params=1e9"):
+        assert feature_key(make_cfg(override)) == feature_key(base), override
+    assert feature_key(make_cfg("strong.max_length=64")) != feature_key(base)
+    assert not {"revision", "hidden_layer", "dtype"} & set(stage_key.model_settings(base.strong))  # null: left out
+
+
+def test_a_generative_stage_is_keyed_by_dropout(make_cfg):
+    """Item 8: generative fine-tuning trains with train.dropout."""
+    assert key(make_cfg("method=generative"), "generative") != key(
+        make_cfg("method=generative", "train.dropout=true"), "generative"
+    )
+
+
+def test_the_weights_a_model_names_are_in_its_key(make_cfg, tmp_path):
+    """Item 12: a hub revision, and a local folder's files (new weights under the same path)."""
+    assert key(make_cfg("strong.revision=abc123")) != key(make_cfg())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    before = key(make_cfg(f"strong.path={folder}"))
+    assert key(make_cfg(f"strong.path={folder}")) == before
+    (folder / "model.safetensors").write_bytes(b"newer weights")
+    assert key(make_cfg(f"strong.path={folder}")) != before

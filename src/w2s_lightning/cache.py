@@ -203,7 +203,7 @@ def canonical(value: Any) -> Any:
 
 def content_key(spec: Any) -> str:
     """A short, stable hash of a JSON-serialisable spec."""
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(canonical(spec), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

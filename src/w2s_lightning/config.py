@@ -21,6 +21,7 @@ class ModelConfig:
 
     name: str = MISSING
     path: str = MISSING  # zoo:<name>, a local Hugging Face folder, or a hub id
+    revision: str | None = None  # a hub id's commit, tag or branch (null: its newest); in the stage key
     family: str = MISSING  # ladders pair models of one family (ladder.cross_family)
     params: float = MISSING  # parameter count: the model's size in ladders
     pooling: str = MISSING  # last (decoders), mean or first (encoders)
@@ -69,6 +70,8 @@ class TaskConfig:
     n_val: int = 500  # carved from the pool before halving (ground truth, for monitoring)
     n_test: int = 10000
     split_seed: int = 0  # fixes the test set (and any cut of a single source) across experiment seeds
+    # Source rows kept where each named column lies in [low, high] (chess: {Rating: [1500, 2000]}).
+    ranges: dict[str, list[float]] | None = None
     # formatter=template (task=custom) only: a local file and how its columns make a text and a label.
     path: str | None = None
     test_path: str | None = None

