@@ -9,7 +9,9 @@ PY=${PY:-.venv/bin/python}
 ROOT=${W2S_LOG_DIR:-outputs}/compare/$(date +%Y-%m-%d_%H-%M-%S)
 sweep() { local name=$1; shift; "$PY" run.py -m "hydra.sweep.dir=$ROOT/$name" "$@"; }
 
-sweep losses     experiment=methods_sst2,methods_sciq loss=xent,aux_conf,aux_conf_soft,adapt_conf "$@"
+sweep losses     experiment=methods_sst2,methods_sciq loss=xent,aux_conf,aux_conf_soft,adapt_conf,window "$@"
+sweep zoo        experiment=methods_sst2,methods_sciq \
+                 method=s2s,knn_relabel,logreg_relabel,knn_filter,logreg_filter,topo_filter,confidence_filter,weak_ensemble "$@"
 sweep bootstrap_sst2 experiment=methods_sst2 method=bootstrap method/rungs=minilm_l6 loss=xent,aux_conf "$@"
 sweep bootstrap_sciq experiment=methods_sciq method=bootstrap method/rungs=mpnet_base loss=xent,aux_conf "$@"
 sweep generative experiment=methods_sst2,methods_sciq method=generative loss=xent,aux_conf "$@"

@@ -26,6 +26,8 @@ SWEEP_CUTS = {
     "experiment=offline_ladder": "task=sst2 'model@weak=minilm_l3' 'model@strong=minilm_l6' loss=xent",
     "seed=0,1,2": "seed=0",
     "experiment=offline_suite": "task=sst2 loss=xent seed=0",
+    "method=direct,s2s,knn_relabel": "method=knn_filter",  # the methods zoo: one method that reads features
+    "loss=window,log_entropy,adapt_conf": "loss=window",
 }
 # The smallest zoo model that serves as a strong one: appended to commands that do not name theirs.
 SMALL_STRONG = "'model@strong=minilm_l6'"
