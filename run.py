@@ -8,6 +8,7 @@ python run.py command=plan -m task=sciq,boolq   # the jobs, the stages each trai
 python run.py command=report                    # PGR tables and figures of the newest multirun
 """
 
+import importlib
 import sys
 
 import hydra
@@ -16,21 +17,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import w2s_lightning.config  # noqa: F401  (registers the resolvers conf/ uses)
-from w2s_lightning import console, parallel, pipeline, plan, report
+from w2s_lightning import console
 from w2s_lightning.errors import ConfigError, W2SError
 
-COMMANDS = {"experiment": pipeline.run, "plan": plan.run, "report": report.run}
+# Each command's module, imported when it runs: a report needs neither Lightning nor the runner.
+COMMANDS = {"experiment": "w2s_lightning.pipeline", "plan": "w2s_lightning.plan", "report": "w2s_lightning.report"}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    console.route_third_party_output()
-    if "Joblib" in HydraConfig.get().launcher.get("_target_", ""):  # a local_parallel job: end with the sweep
-        parallel.OrphanGuard.start_once()
     try:
         if cfg.command not in COMMANDS:
             raise ConfigError(f"command={cfg.command} is unknown; use one of: {', '.join(COMMANDS)}.")
-        COMMANDS[cfg.command](cfg)
+        command = importlib.import_module(COMMANDS[cfg.command])
+        console.route_third_party_output()  # after the imports: Lightning sets up its loggers when imported
+        if "Joblib" in HydraConfig.get().launcher.get("_target_", ""):  # a local_parallel job: end with the sweep
+            from w2s_lightning.parallel import OrphanGuard
+
+            OrphanGuard.start_once()
+        command.run(cfg)
     except W2SError as err:
         # A clear one-line error instead of a traceback: it names the problem and the fix.
         print(f"error: {err}", file=sys.stderr)

@@ -153,9 +153,8 @@ def test_weak_val_selection_validates_the_transfer_against_the_weak_labels(make_
     stages = runner.run(requests)
     assert all(stage.reused for stage in stages.values())
     weak, transfer = stages["weak"], next(r for r in requests if r.role == "transfer")
-    datamodule = runner.datamodule(
-        transfer, {"train_b": weak.predictions["train_b"], "val": weak.predictions["val"]}, None
-    )
+    kept = runner.kept_rows(transfer, weak)
+    datamodule = runner.datamodule(transfer, kept, runner.targets(transfer, weak, kept), None)
     datamodule.setup()
     assert datamodule.prepared["val"]["target"] == pytest.approx(weak_val.tolist())  # not the ground truth
 

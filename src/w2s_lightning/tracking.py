@@ -12,15 +12,17 @@ import contextlib
 import netrc
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wandb
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.redact import redacted
 from w2s_lightning.results import Results
+
+if TYPE_CHECKING:  # Lightning is imported where a stage logs, not by the report (seconds of imports)
+    from lightning.pytorch.loggers import WandbLogger
 
 
 def resolve_mode(mode: str) -> str:
@@ -60,6 +62,8 @@ def stage_logger(cfg: DictConfig, role: str, model_name: str) -> WandbLogger | b
     if not enabled(cfg):
         return False
     kwargs = _run_kwargs(cfg, role, f"{cfg.logger.experiment}/{role}-{model_name}")
+    from lightning.pytorch.loggers import WandbLogger
+
     return WandbLogger(save_dir=kwargs.pop("dir"), **kwargs)
 
 
