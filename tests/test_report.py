@@ -275,11 +275,11 @@ def test_a_wandb_summary_names_each_stages_own_model_a_rung_included():
 
 
 def test_one_setting_written_as_0_and_as_0_0_is_one_variant_and_the_seeds_pool():
-    """train.warmup_frac=0 in one run and 0.0 in another (the same setting): no variant column,
-    three seeds in one row."""
+    """task.ranges.Rating=[1500, 2000] in one run and [1500.0, 2000] in another (the same
+    setting; a list keeps each number's own type): no variant column, three seeds in one row."""
     results = [
-        result("small", "big", (0.6, 0.7, 0.9), seed=seed, train__warmup_frac=value)
-        for seed, value in enumerate((0, 0.0, 0))
+        result("small", "big", (0.6, 0.7, 0.9), seed=seed, task__ranges__Rating=value)
+        for seed, value in enumerate(([1500, 2000], [1500.0, 2000], [1500, 2000.0]))
     ]
     pairs, _ = tables.tables(results)
-    assert "train.warmup_frac" not in pairs.columns and list(pairs["seeds"]) == [3]
+    assert "task.ranges.Rating" not in pairs.columns and list(pairs["seeds"]) == [3]
