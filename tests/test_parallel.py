@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import psutil
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from w2s_lightning import pipeline
@@ -112,3 +114,13 @@ def test_a_killed_rank_leaves_no_partial_entry_and_the_rerun_completes(tiny_over
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {Path(s["path"]).name for s in results["stages"].values() if s["reused"]} == published
+
+
+def test_fsdp_keeps_float32_parameters_and_reduction_under_bf16_mixed(make_cfg):
+    """Issue 24, item 3: Lightning maps bf16-mixed under FSDP to bf16 parameters, reduction and
+    buffers; trainer=gpu_fsdp sets the policy itself, as trainer=gpu's autocast over float32."""
+    cfg = make_cfg("trainer=gpu_fsdp")
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+    policy = strategy.mixed_precision_config
+    assert (policy.param_dtype, policy.reduce_dtype, policy.buffer_dtype) == (torch.float32,) * 3
+    assert cfg.trainer.precision == "bf16-mixed"  # the compute is autocast to bf16

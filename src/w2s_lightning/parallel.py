@@ -181,6 +181,17 @@ class TransformerBlocks:
 # ------------------------------------------------------------------ starting the ranks
 
 
+def float32_masters():
+    """FSDP's mixed-precision policy for trainer=gpu_fsdp: parameters, gradient reduction and
+    buffers in float32, while Lightning's bf16-mixed autocasts the compute to bf16. Left to
+    Lightning, bf16-mixed under FSDP keeps all three in bf16 (its FSDPPrecision), which is not
+    trainer=gpu's autocast over float32 master weights: the same run on one GPU or eight would
+    train a different algorithm."""
+    from torch.distributed.fsdp import MixedPrecision
+
+    return MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+
+
 def where_ranks_meet() -> tuple[str, int, int]:
     """Address, port and this process's global rank, from whoever started the ranks: Slurm
     (Lightning's SLURMEnvironment reads them), torchrun, or ``ranks`` below."""
