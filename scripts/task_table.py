@@ -63,6 +63,7 @@ TASKS = [
     "dream",
     "quail",
     "multirc",
+    "chess",
     "hh_harmless",
     "hh_helpful",
     "hh",
