@@ -3,13 +3,10 @@ the right answer is known, their identities, and each method through ``python ru
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from test_sweep import run_py
 
 from w2s_lightning import methods, pipeline
 from w2s_lightning.errors import ConfigError
@@ -24,7 +21,6 @@ from w2s_lightning.relabel import (
     topo_filter,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 FLIPPED = [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]  # 5 per cluster, spread along each
 
 
@@ -152,7 +148,6 @@ ZOO = "direct,s2s,knn_relabel,logreg_relabel,knn_filter,logreg_filter,topo_filte
 
 @pytest.mark.slow
 def test_every_method_of_the_zoo_runs_through_run_py_sharing_its_stages(tmp_path, tiny_overrides, tiny_bert):
-    env = {**os.environ, "W2S_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     tiny = [o for o in tiny_overrides if not o.startswith("task.n_train")] + ["task.n_train=128"]  # halves of 64
     # The ensemble's members (minilm_l3, minilm_l6) on tiny BERT's weights, at tiny sizes.
     members = [
@@ -160,14 +155,7 @@ def test_every_method_of_the_zoo_runs_through_run_py_sharing_its_stages(tmp_path
         for m in ("minilm_l3", "minilm_l6")
         for k, v in {"path": tiny_bert, "minibatch_size": 16, "max_length": 64}.items()
     ]
-    done = subprocess.run(
-        [sys.executable, "run.py", "-m", *tiny, f"method={ZOO}", *members, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_py(tmp_path / "cache", "-m", *tiny, f"method={ZOO}", *members, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert done.returncode == 0, done.stderr[-3000:]
     results = {r["method"]: r for r in (json.loads(p.read_text()) for p in tmp_path.glob("sweep/*/results.json"))}
     assert set(results) == set(ZOO.split(","))

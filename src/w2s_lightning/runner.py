@@ -36,7 +36,7 @@ from w2s_lightning.methods import LABELLER, StageRequest
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
 from w2s_lightning.module import FeatureModule, W2SModule
-from w2s_lightning.relabel import RelabelInputs
+from w2s_lightning.relabel import TRAIN, RelabelInputs
 from w2s_lightning.results import StageResult
 from w2s_lightning.resume import ResumePoint
 from w2s_lightning.roles import FEATURES
@@ -89,8 +89,9 @@ class StageRunner:
         others = [self.earlier(request, role, "others", built) for role in request.others]
         request = self.trimmed(request)
         features = {r.predicts[0]: self.build(r, built) for r in self.feature_requests(request)} or None
-        built_keys = {role: stage.key for role, stage in built.items()}
-        keys = self.dependency_keys(request, built_keys.get, [stage.key for stage in (features or {}).values()])
+        keys = self.dependency_keys(
+            request, lambda role: built[role].key, [stage.key for stage in (features or {}).values()]
+        )
         kind, spec = self.entry(request, keys)
         builder = getattr(self, f"_{request.kind}")
         progress = self.cache.resume_folder(kind, spec)
@@ -205,7 +206,7 @@ class StageRunner:
             {n: relabelled[n].float().contiguous() for n in request.predicts}, str(out / "predictions.safetensors")
         )
         metrics = evaluate(relabelled["test"], torch.tensor(self.splits["test"]["label"]))
-        metrics["kept"] = float(relabelled[request.predicts[0]].isfinite().float().mean())
+        metrics["kept"] = float(relabelled[TRAIN].isfinite().float().mean())  # the share of half B a filter kept
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     def _classifier(

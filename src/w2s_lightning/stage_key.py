@@ -137,8 +137,8 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
         return {**common, "generative": generative}
     return {
         **common,
-        "train": {k: v for k, v in plain(cfg.train).items() if k not in RUN_ONLY_TRAIN_KEYS},
-        "finetune": plain(cfg.finetune),
+        "train": settings(cfg.train, RUN_ONLY_TRAIN_KEYS),
+        "finetune": settings(cfg.finetune, ()),
         "loss": plain(request.loss),
         # Model selection is a student's method: a stage on ground truth always keeps its last
         # weights, so PGRs of every selection rule share their end points.
