@@ -1,30 +1,28 @@
-"""Batching: length buckets that keep the order random, and predictions back in row order."""
+"""Batching: length buckets that keep the order random, optimizer steps that ranks share as
+one device takes them, and predictions back in row order."""
 
 from types import SimpleNamespace
 
 import datasets
 import torch
 
-from w2s_lightning.data import RankShare, ShuffledBuckets, TaskDataModule, share_of
+from w2s_lightning.data import OptimizerSteps, TaskDataModule, length_bucketed, shuffled
 
 
 def padded(batches, lengths) -> int:
     return sum(len(b) * max(lengths[i] for i in b) for b in batches)
 
 
-def test_shuffled_buckets_cover_every_row_once_with_less_padding():
+def test_length_buckets_cover_every_row_once_with_less_padding():
     lengths = torch.randint(1, 80, (203,), generator=torch.Generator().manual_seed(0)).tolist()
-    sampler = ShuffledBuckets(lengths, minibatch_size=16, buckets=4, generator=torch.Generator().manual_seed(0))
-    first, second = list(sampler), list(sampler)
-    assert len(first) == len(sampler) == 13  # 3 buckets of 64 rows in 4 batches, 11 rows left in one
-    for epoch in (first, second):
-        assert sorted(i for batch in epoch for i in batch) == list(range(203))
-        assert all(len(batch) <= 16 for batch in epoch)
-    assert first != second  # a new order every epoch
+    draw = length_bucketed(lengths, minibatch_size=16, buckets=4)
+    first, again = draw(torch.Generator().manual_seed(0)), draw(torch.Generator().manual_seed(0))
+    assert len(first) == 13  # 3 buckets of 64 rows in 4 batches, 11 rows left in one
+    assert sorted(i for batch in first for i in batch) == list(range(203))
+    assert all(len(batch) <= 16 for batch in first)
+    assert again == first and draw(torch.Generator().manual_seed(1)) != first  # the generator decides
     plain = torch.randperm(203, generator=torch.Generator().manual_seed(0)).split(16)
     assert padded(first, lengths) < 0.8 * padded([b.tolist() for b in plain], lengths)
-    other_seed = list(ShuffledBuckets(lengths, 16, 4, torch.Generator().manual_seed(1)))
-    assert other_seed != first
 
 
 class Lengths(TaskDataModule):
@@ -64,11 +62,41 @@ def test_ranks_predict_disjoint_rows_that_come_back_in_row_order():
     assert copy["real"] is False and copy["input_ids"] == datamodule.prepared["test"][0]["input_ids"]
 
 
-def test_ranks_share_micro_batches_as_one_device_accumulates_them():
-    batches = [[i] for i in range(7)]  # seven micro-batches of one epoch
-    shares = [list(RankShare(batches, rank, 2)) for rank in (0, 1)]
-    assert shares == [[[0], [2], [4], [6]], [[1], [3], [5], [0]]]  # as many each; rank 1 repeats the first
-    # Two ranks accumulating 2 micro-batches each see, per step, the 4 a single device accumulates.
-    steps = [sorted(shares[0][2 * k : 2 * k + 2] + shares[1][2 * k : 2 * k + 2]) for k in range(2)]
-    assert steps == [[[0], [1], [2], [3]], [[0], [4], [5], [6]]]
-    assert share_of(batches, 0, 1) is batches  # one device: the sampler itself, unchanged
+def test_ranks_share_each_optimizer_step_as_one_device_takes_it_and_train_every_row_once():
+    # 7 micro-batches of 2 rows (the last of 1), steps of 4 micro-batches: the second step has 3,
+    # which do not divide between two ranks.
+    one = OptimizerSteps(shuffled(13, 2), per_step=4, seed=0)
+    shares = [OptimizerSteps(shuffled(13, 2), per_step=4, seed=0, rank=r, world=2) for r in (0, 1)]
+    steps, by_rank = list(one), [list(s) for s in shares]
+    assert len(one) == len(shares[0]) == len(steps) == 2
+    for k, step in enumerate(steps):
+        ranks = [by_rank[r][k] for r in (0, 1)]
+        assert all(s["rows"] == step["rows"] for s in ranks)
+        assert len(ranks[0]["micro_batches"]) == len(ranks[1]["micro_batches"])  # lockstep
+        real = [b for s in ranks for b in s["micro_batches"][: len(s["micro_batches"]) - s["stand_ins"]]]
+        assert sorted(real) == sorted(step["micro_batches"])  # the ranks' micro-batches are the device's
+    assert [s[1]["stand_ins"] for s in by_rank] == [0, 1]  # a stand-in where the last step does not divide
+    rows = [i for s in by_rank for step in s for b in step["micro_batches"][: 2 - step["stand_ins"]] for i in b]
+    assert sorted(rows) == list(range(13))  # every row once in the epoch: none repeated
+
+
+def test_each_epochs_order_depends_on_the_seed_and_the_epoch_alone():
+    # Rows that divide into micro-batches and rows that do not: a fit resumed at any step of any
+    # epoch, the end of one included, draws what an uninterrupted fit draws.
+    for rows in (16, 13):
+        uninterrupted = OptimizerSteps(shuffled(rows, 2), per_step=2, seed=3)
+        epochs = []
+        for epoch in (0, 1):
+            uninterrupted.set_epoch(epoch)
+            epochs.append(list(uninterrupted))
+        assert epochs[0] != epochs[1]
+        for epoch, done in ((0, 2), (0, len(uninterrupted)), (1, 1)):
+            resumed = OptimizerSteps(shuffled(rows, 2), per_step=2, seed=3)
+            resumed.resume(epoch, done)
+            resumed.set_epoch(epoch)
+            assert list(resumed) == epochs[epoch][done:]
+            if epoch == 0:  # the epoch after goes on from the whole order, whatever was skipped
+                resumed.set_epoch(1)
+                assert list(resumed) == epochs[1]
+        other_seed = OptimizerSteps(shuffled(rows, 2), per_step=2, seed=4)
+        assert list(other_seed) != epochs[0]

@@ -35,7 +35,7 @@ def test_aux_conf_by_hand():
     # Weak positive rate 0.5 -> threshold = median of student P1 = 0.5 -> hardened [1, 0, 1, 0].
     # step_frac 0.1 of a 0.2 warm-up -> alpha = 0.5 * 0.5 = 0.25.
     weak = [1.0, 0.0, 0.0, 1.0]
-    loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2, window=4)(logits_for(P1), torch.tensor(weak), 0.1)
+    loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2)(logits_for(P1), torch.tensor(weak), 0.1)
     target = [0.75 * w + 0.25 * h for w, h in zip(weak, [1, 0, 1, 0], strict=True)]
     assert target == [1.0, 0.0, 0.25, 0.75]
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
@@ -44,7 +44,7 @@ def test_aux_conf_by_hand():
 def test_aux_conf_threshold_matches_weak_positive_rate():
     # 1 of 4 weak labels positive -> only the student's most confident example is hardened to 1.
     weak = [0.0, 0.0, 1.0, 0.0]
-    loss = AuxConfLoss(aux_coef=1.0, warmup_frac=0.0, window=4)(logits_for(P1), torch.tensor(weak), 0.5)
+    loss = AuxConfLoss(aux_coef=1.0, warmup_frac=0.0)(logits_for(P1), torch.tensor(weak), 0.5)
     assert loss.item() == pytest.approx(bce(P1, [1, 0, 0, 0]), rel=1e-5)
 
 
@@ -53,16 +53,18 @@ def test_aux_conf_ramps_linearly_not_in_a_jump():
     assert [loss.coef(f) for f in (0.0, 0.05, 0.1, 0.2, 0.9)] == pytest.approx([0, 0.125, 0.25, 0.5, 0.5])
 
 
-def test_aux_conf_under_gradient_accumulation_matches_the_full_batch():
+def test_aux_conf_under_gradient_accumulation_takes_the_threshold_of_the_whole_step():
     # Full batch: P1 [0.9, 0.8, 0.3, 0.2], weak positive rate 0.5 -> threshold 0.55 -> [1, 1, 0, 0].
     p1, weak = [0.9, 0.8, 0.3, 0.2], torch.tensor([1.0, 0.0, 1.0, 0.0])
-    accumulated = AuxConfLoss(aux_coef=1.0, warmup_frac=0.0, window=4)
-    accumulated(logits_for(p1)[:2], weak[:2], 0.5)
-    second = accumulated(logits_for(p1)[2:], weak[2:], 0.5)
-    assert second.item() == pytest.approx(bce(p1[2:], [0, 0]), rel=1e-5)
-    # A quantile over the second micro-batch alone (no window) would harden it to [1, 0].
-    alone = AuxConfLoss(aux_coef=1.0, warmup_frac=0.0, window=4)(logits_for(p1)[2:], weak[2:], 0.5)
+    accumulated = AuxConfLoss(aux_coef=1.0, warmup_frac=0.0)
+    accumulated.begin_step(torch.tensor(p1), weak)  # the step's rows, before its first micro-batch
+    first, second = (accumulated(logits_for(p1)[half], weak[half], 0.5) for half in (slice(0, 2), slice(2, 4)))
+    assert [first.item(), second.item()] == pytest.approx([bce(p1[:2], [1, 1]), bce(p1[2:], [0, 0])], rel=1e-5)
+    # A quantile over the second micro-batch alone would harden it to [1, 0].
+    alone = AuxConfLoss(aux_coef=1.0, warmup_frac=0.0)(logits_for(p1)[2:], weak[2:], 0.5)
     assert alone.item() == pytest.approx(bce(p1[2:], [1, 0]), rel=1e-5)
+    accumulated.begin_step(None, None)  # a step of one micro-batch: the call's own batch again
+    assert accumulated(logits_for(p1)[2:], weak[2:], 0.5).item() == pytest.approx(alone.item())
 
 
 def test_product_loss_by_hand():
@@ -74,7 +76,7 @@ def test_product_loss_by_hand():
 
 def test_aux_conf_soft_mixes_in_the_students_own_probabilities():
     weak = [1.0, 0.0, 0.0, 1.0]
-    loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2, window=4, hard=False)(logits_for(P1), torch.tensor(weak), 0.1)
+    loss = AuxConfLoss(aux_coef=0.5, warmup_frac=0.2, hard=False)(logits_for(P1), torch.tensor(weak), 0.1)
     target = [0.75 * w + 0.25 * p for w, p in zip(weak, P1, strict=True)]  # alpha 0.25, student P1 unhardened
     assert loss.item() == pytest.approx(bce(P1, target), rel=1e-5)
 

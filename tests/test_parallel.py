@@ -29,15 +29,23 @@ def predictions(stage: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_a_stage_on_two_ddp_ranks_predicts_every_row_once_as_one_device_does(make_cfg, tiny_overrides, tmp_path):
+def test_a_stage_on_two_ddp_ranks_trains_and_predicts_every_row_once_as_one_device_does(
+    make_cfg, tiny_overrides, tmp_path
+):
     # Batches of 16 in micro-batches of 8: one device accumulates two, each of two ranks one.
+    # 52 rows a half: 7 micro-batches (the last of 4), so the last step's one micro-batch does
+    # not divide between the ranks (rank 1 runs a stand-in that weighs nothing). The transfer
+    # trains with aux_conf: its threshold is one quantile over the step's rows on both ranks.
     # Odd val and test splits: one rank predicts a copy of a row, which must not count.
     overrides = [
         *tiny_overrides,
         "weak.minibatch_size=8",
         "strong.minibatch_size=8",
+        "task.n_train=104",
         "task.n_val=15",
         "task.n_test=63",
+        "loss=aux_conf",
+        "loss.fn.warmup_frac=0",
         "select=weak_val",
     ]  # the transfer keeps its best checkpoint on val
     one = pipeline.run(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'one'}"))

@@ -19,36 +19,70 @@ from w2s_lightning.faults import KILL_AT
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-# 250 rows a half in micro-batches of 8, 2 epochs: 64 optimizer steps per stage, long enough
-# to stop one part-way. Resuming restores weights, AdamW, the schedule and the training order
+# 250 rows a half in steps of 16 rows, micro-batches of 8 (each step accumulates two; the
+# epoch's last micro-batch has 2 rows), 2 epochs: 16 optimizer steps an epoch, 32 a stage,
+# long enough to stop one part-way. Dropout is on, so the random generators must resume too.
+# Resuming restores weights, AdamW, the schedule, the training order and the generators
 # exactly, and the same float32 operations run in the same order on the same machine: the
 # predictions come out bitwise equal (measured); the tolerance only allows for another BLAS.
 LONGER = [
     "task.n_train=500",
-    "train.batch_size=8",
+    "train.batch_size=16",
     "weak.minibatch_size=8",
     "strong.minibatch_size=8",
     "train.epochs=2",
+    "train.dropout=true",
     "logger.mode=disabled",
 ]
 TOLERANCE = 1e-6
+STEPS = 32
 
 
 def stage_predictions(results: dict) -> dict:
-    return {role: load_file(str(Path(s["path"]) / "predictions.safetensors")) for role, s in results["stages"].items()}
+    """Each stage's predictions (a generative stage has none: its weights are what it makes)."""
+    files = {role: Path(s["path"]) / "predictions.safetensors" for role, s in results["stages"].items()}
+    return {role: load_file(str(f)) for role, f in files.items() if f.exists()}
 
 
-# SIGKILL after the periodic checkpoint of step 20 (at step 22: nothing saved since); SIGTERM at
-# step 25, which saves its progress on the way out.
+# The failpoint counts micro-batches. SIGKILL at micro-batch 45 (step 23), after the periodic
+# checkpoint of step 20: nothing saved since. SIGTERM at micro-batch 51, the first of step 26:
+# the step ends, then its progress is saved on the way out. SIGTERM at micro-batch 32, the last
+# of the first epoch: the rerun starts the second epoch, in the order an uninterrupted run draws;
+# with 256 rows a half the epoch's rows divide into micro-batches, with 250 they do not.
 @pytest.mark.parametrize(
-    "signal_name, every, failpoint", [("SIGKILL", 20, "train_step:22"), ("SIGTERM", None, "train_step:25:SIGTERM")]
+    "signal_name, every, failpoint, stopped_at, rows",
+    [
+        ("SIGKILL", 20, "train_step:45", 20, 500),
+        ("SIGTERM", None, "train_step:51:SIGTERM", 26, 500),
+        ("SIGTERM", None, "train_step:32:SIGTERM", 16, 500),
+        ("SIGTERM", None, "train_step:32:SIGTERM", 16, 512),
+    ],
+    ids=["sigkill", "sigterm-mid-step", "sigterm-epoch-end", "sigterm-epoch-end-even"],
 )
 def test_a_stage_stopped_mid_training_resumes_and_ends_as_an_uninterrupted_one(
-    make_cfg, tiny_overrides, tmp_path, signal_name, every, failpoint
+    make_cfg, tiny_overrides, tmp_path, signal_name, every, failpoint, stopped_at, rows
 ):
-    overrides = [*tiny_overrides, *LONGER, f"train.checkpoint_every={every or 'null'}"]
-    uninterrupted = pipeline.run(make_cfg(*overrides, f"paths.cache_dir={tmp_path / 'one_go'}"))
+    overrides = [*tiny_overrides, *LONGER, f"task.n_train={rows}", f"train.checkpoint_every={every or 'null'}"]
+    # The signal arrives mid-training of the weak stage, at a micro-batch the failpoint names.
+    results, uninterrupted = stopped_and_rerun(make_cfg, tmp_path, overrides, failpoint, "gt", stopped_at)
+    assert results["stages"]["weak"]["selected_step"] == uninterrupted["stages"]["weak"]["selected_step"] == STEPS
 
+
+def test_generative_finetuning_stopped_part_way_resumes(make_cfg, tiny_overrides, tmp_path):
+    # 96 texts in steps of 16, micro-batches of 8: 6 steps. SIGTERM at micro-batch 7 (the
+    # generative stage is the first to train), the first of step 4: saved after step 4. The
+    # ceiling and the transfer start from its weights: their predictions show whether it resumed
+    # exactly (dropout on, so its generators too).
+    overrides = [*tiny_overrides, "method=generative", "strong.minibatch_size=8", "train.dropout=true"]
+    results, _ = stopped_and_rerun(make_cfg, tmp_path, overrides, "train_step:7:SIGTERM", "generative", 4)
+    assert set(results["stages"]) == {"weak", "generative", "ceiling", "transfer"}
+
+
+def stopped_and_rerun(make_cfg, tmp_path, overrides, failpoint, kind, stopped_at) -> tuple[dict, dict]:
+    """Run ``overrides`` through run.py stopped by ``failpoint`` in a stage of ``kind``, which
+    must have saved its progress at optimizer step ``stopped_at``; rerun it; check that the
+    rerun resumed there and predicts what an uninterrupted run does. Both runs' results."""
+    uninterrupted = pipeline.run(make_cfg(*overrides, f"paths.cache_dir={tmp_path / 'one_go'}"))
     cache = tmp_path / "stopped"
     command = [
         sys.executable,
@@ -59,14 +93,13 @@ def test_a_stage_stopped_mid_training_resumes_and_ends_as_an_uninterrupted_one(
         f"paths.zoo_dir={tmp_path / 'zoo'}",
     ]
     progress = cache / "stages" / ".resume"
-    # The signal arrives mid-training of the weak stage, at a step the failpoint names.
     first = subprocess.run(command, cwd=ROOT, env={**os.environ, KILL_AT: failpoint}, capture_output=True, text=True)
     output = first.stdout + first.stderr
-    assert first.returncode == (-signal.SIGKILL if every else 128 + signal.SIGTERM), output[-3000:]
-    (checkpoint,) = progress.glob("gt-*/resume.ckpt")
-    stopped_at = torch.load(checkpoint, weights_only=True)["global_step"]
-    assert stopped_at == (20 if every else 25)
-    if not every:
+    killed = failpoint.count(":") == 1
+    assert first.returncode == (-signal.SIGKILL if killed else 128 + signal.SIGTERM), output[-3000:]
+    (checkpoint,) = progress.glob(f"{kind}-*/resume.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == stopped_at
+    if not killed:
         assert "stopped by SIGTERM at optimizer step" in output and "rerun to resume" in output
 
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -76,14 +109,14 @@ def test_a_stage_stopped_mid_training_resumes_and_ends_as_an_uninterrupted_one(
     assert resumed and int(resumed.group(1)) == stopped_at  # the step counter goes on from there
     assert not progress.exists() or not list(progress.iterdir())  # removed once the stages are published
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["stages"]["weak"]["selected_step"] == uninterrupted["stages"]["weak"]["selected_step"] == 64
     worst = 0.0
     for role, splits in stage_predictions(uninterrupted).items():
         for split, values in splits.items():
             worst = max(worst, (stage_predictions(results)[role][split] - values).abs().max().item())
-    print(f"{signal_name}: stopped at step {stopped_at} of 64; largest difference in P(label=1): {worst:.2e}")
+    print(f"{failpoint}: stopped at step {stopped_at}; largest difference in P(label=1): {worst:.2e}")
     assert worst <= TOLERANCE
     assert results["stages"]["transfer"]["acc"] == pytest.approx(uninterrupted["stages"]["transfer"]["acc"], abs=1e-9)
+    return results, uninterrupted
 
 
 def test_a_resume_checkpoint_that_needs_pickle_is_never_loaded(make_cfg, tiny_overrides, tmp_path, caplog):

@@ -38,11 +38,17 @@ def model_cfg(folder: Path, **extra):
 def fit(classifier: torch.nn.Module, steps: int, lr: float = 1e-5, precision: str = "32-true") -> None:
     """A real Lightning fit of ``steps`` optimizer steps on random token batches."""
     generator = torch.Generator().manual_seed(0)
-    batches = [
+    batches = [  # optimizer steps of one micro-batch each (data.OptimizerSteps)
         {
-            "input_ids": torch.randint(5, 1000, (4, 12), generator=generator),
-            "attention_mask": torch.ones(4, 12, dtype=torch.long),
-            "target": torch.tensor([0.0, 1.0, 1.0, 0.0]),
+            "micro_batches": [
+                {
+                    "input_ids": torch.randint(5, 1000, (4, 12), generator=generator),
+                    "attention_mask": torch.ones(4, 12, dtype=torch.long),
+                    "target": torch.tensor([0.0, 1.0, 1.0, 0.0]),
+                }
+            ],
+            "shares": [1.0],
+            "rows": 4,
         }
         for _ in range(steps)
     ]

@@ -1,94 +1,130 @@
 """One LightningDataModule for every task: its splits, tokenised for one model, with the
 targets one stage trains and selects on (ground truth, or a supervisor's soft labels).
 
-Why it is long: the samplers that make training order, length buckets, rank shares and
-resuming mid-epoch exact are small classes that only make sense beside the DataModule.
+Why it is long: the training order (length buckets, each rank's share of an optimizer step,
+resuming part-way) is a few small functions and classes that only make sense beside the
+DataModule.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import datasets
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from w2s_lightning import faults
 
+# One epoch's micro-batches (lists of row indices), drawn from a generator.
+EpochDraw = Callable[[torch.Generator], list[list[int]]]
 
-class ShuffledBuckets(Sampler[list[int]]):
+
+def shuffled(rows: int, minibatch_size: int) -> EpochDraw:
+    """Micro-batches of rows in a random order."""
+
+    def draw(generator: torch.Generator) -> list[list[int]]:
+        return [b.tolist() for b in torch.randperm(rows, generator=generator).split(minibatch_size)]
+
+    return draw
+
+
+def length_bucketed(lengths: list[int], minibatch_size: int, buckets: int) -> EpochDraw:
     """Micro-batches of rows of similar length, in a random order: little padding, and the
-    randomness a sweep over seeds needs. Each epoch shuffles the rows, cuts them into buckets
-    of ``buckets`` micro-batches, sorts each bucket by length, cuts it into micro-batches and
-    shuffles those."""
+    randomness a sweep over seeds needs. The rows are shuffled, cut into buckets of ``buckets``
+    micro-batches, each bucket sorted by length and cut into micro-batches, and those shuffled."""
 
-    def __init__(self, lengths: list[int], minibatch_size: int, buckets: int, generator: torch.Generator):
-        self.lengths, self.minibatch_size, self.buckets, self.generator = lengths, minibatch_size, buckets, generator
-
-    def __len__(self) -> int:
-        size = self.minibatch_size * self.buckets
-        full, rest = divmod(len(self.lengths), size)
-        return full * self.buckets + -(-rest // self.minibatch_size)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        size = self.minibatch_size * self.buckets
+    def draw(generator: torch.Generator) -> list[list[int]]:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        size = minibatch_size * buckets
         batches = []
         for start in range(0, len(order), size):
-            bucket = sorted(order[start : start + size], key=self.lengths.__getitem__)
-            batches += [bucket[i : i + self.minibatch_size] for i in range(0, len(bucket), self.minibatch_size)]
-        for i in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[i]
+            bucket = sorted(order[start : start + size], key=lengths.__getitem__)
+            batches += [bucket[i : i + minibatch_size] for i in range(0, len(bucket), minibatch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    return draw
 
 
-class RankShare(Sampler[list[int]]):
-    """One rank's micro-batches of ``batches``: every ``world``-th from its rank on, so that the
-    ranks' micro-batches of one optimizer step are the ones a single device would accumulate.
-    Every rank gets as many (DDP steps in lockstep): where they don't divide evenly, the last
-    ranks repeat the epoch's first micro-batches. Every rank draws the same order (same seed)."""
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's order: a function of the seed and the epoch alone, so that
+    a resumed fit draws the order an uninterrupted one would, wherever it stopped."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
-    def __init__(self, batches: Sampler[list[int]], rank: int, world: int):
-        self.batches, self.rank, self.world = batches, rank, world
+
+class OptimizerSteps(Sampler[dict]):
+    """One rank's share of each optimizer step of an epoch. A single device cuts the epoch's
+    micro-batches into steps of ``per_step``; of each step, rank ``r`` of ``world`` takes every
+    ``world``-th micro-batch from the ``r``-th on. Where a step's micro-batches do not divide
+    among the ranks (the epoch's last step), a rank that has one fewer gets a stand-in, a copy
+    of the step's first micro-batch that runs and weighs nothing (the ranks of DDP and FSDP run
+    in lockstep), so every row trains once per epoch, as on one device. Each step: this rank's
+    ``micro_batches``, the last ``stand_ins`` of them stand-ins, and ``rows``, the step's rows
+    on all ranks.
+
+    The order is drawn per epoch from ``epoch_generator`` (Lightning calls ``set_epoch``);
+    ``resume`` skips the steps an interrupted fit had done in that epoch."""
+
+    def __init__(self, draw: EpochDraw, per_step: int, seed: int, rank: int = 0, world: int = 1):
+        self.draw, self.per_step, self.seed, self.rank, self.world = draw, per_step, seed, rank, world
+        self.micro_batches = len(draw(torch.Generator()))
+        self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, steps_done: int) -> None:
+        self.resume_at = (epoch, steps_done)
 
     def __len__(self) -> int:
-        return -(-len(self.batches) // self.world)
+        return -(-self.micro_batches // self.per_step)
 
     def __iter__(self):
-        batches = list(self.batches)
-        mine = batches[self.rank :: self.world]
-        yield from mine + batches[: len(self) - len(mine)]
+        batches = self.draw(epoch_generator(self.seed, self.epoch))
+        done = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        self.resume_at = None
+        for start in range(done * self.per_step, len(batches), self.per_step):
+            step = batches[start : start + self.per_step]
+            mine = step[self.rank :: self.world]
+            stand_ins = -(-len(step) // self.world) - len(mine)
+            yield {"micro_batches": mine + step[:1] * stand_ins, "stand_ins": stand_ins, "rows": sum(map(len, step))}
 
 
-def share_of(batches: Sampler[list[int]], rank: int, world: int) -> Sampler[list[int]]:
-    return batches if world == 1 else RankShare(batches, rank, world)
+class StepRows(torch.utils.data.Dataset):
+    """A step of ``OptimizerSteps`` as collated micro-batches, each with its ``share`` of the
+    step's loss: its rows over the step's rows (0 for a stand-in)."""
+
+    def __init__(self, rows, collate: Callable[[list], dict]):
+        self.rows, self.collate = rows, collate
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, step: dict) -> dict:
+        batches, real = step["micro_batches"], len(step["micro_batches"]) - step["stand_ins"]
+        return {
+            "micro_batches": [self.collate([self.rows[i] for i in b]) for b in batches],
+            "shares": [len(b) / step["rows"] if k < real else 0.0 for k, b in enumerate(batches)],
+            "rows": step["rows"],
+        }
 
 
-class ResumableLoader(DataLoader):
-    """The training loader, able to start an epoch part-way (``resume.py``). ``order`` is the
-    generator that draws every epoch's order; ``epoch_start`` its state when this epoch began.
-    ``resume`` makes the next epoch draw the interrupted one's order and skip the micro-batches
-    already trained on (or, if that epoch had ended, start the one after it)."""
+def step_loader(rows, collate: Callable[[list], dict], sampler: OptimizerSteps) -> DataLoader:
+    """The training loader: one item per optimizer step (``StepRows``). It has a generator of
+    its own: a loader without one seeds itself from torch's global generator, which dropout
+    draws from."""
+    return DataLoader(
+        StepRows(rows, collate), sampler=sampler, batch_size=None, collate_fn=_as_is, generator=torch.Generator()
+    )
 
-    def __init__(self, *args, order: torch.Generator, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.order = order
-        self.epoch_start: torch.Tensor | None = None
-        self.skip = 0
 
-    def resume(self, epoch_start: torch.Tensor, batches_done: int) -> None:
-        self.order.set_state(epoch_start)
-        self.skip = batches_done
-        if batches_done >= len(self):  # that epoch was over: its draws happen, its batches are not needed
-            next(super().__iter__())
-            self.skip = 0
-
-    def __iter__(self):
-        self.epoch_start = self.order.get_state()
-        skip, self.skip = self.skip, 0
-        for index, batch in enumerate(super().__iter__()):
-            if index >= skip:
-                yield batch
+def _as_is(step: dict) -> dict:
+    return step
 
 
 # A pairwise task's second text (reward modelling: the other dialogue of the pair), tokenised
@@ -138,7 +174,9 @@ class TaskDataModule(pl.LightningDataModule):
 
     ``targets`` maps a split name to the soft labels it is trained or validated on (the
     train split and ``val`` under a weak supervisor); splits not in it use their ground
-    truth. ``predict_dataloader`` yields one loader per name in ``predict_splits``.
+    truth. ``predict_dataloader`` yields one loader per name in ``predict_splits``. Training
+    takes optimizer steps of ``per_step`` micro-batches of ``minibatch_size`` rows (on one
+    device; ranks share them, ``OptimizerSteps``).
     """
 
     def __init__(
@@ -151,6 +189,7 @@ class TaskDataModule(pl.LightningDataModule):
         eval_batch_size: int,
         targets: dict[str, np.ndarray] | None = None,
         seed: int = 0,
+        per_step: int = 1,
         length_buckets: int | None = None,
     ):
         super().__init__()
@@ -161,10 +200,10 @@ class TaskDataModule(pl.LightningDataModule):
         self.train_split = train_split
         self.predict_splits = predict_splits
         self.minibatch_size = minibatch_size
+        self.per_step = per_step
         self.eval_batch_size = eval_batch_size
         self.targets = targets or {}
         self.prepared: dict[str, datasets.Dataset] = {}
-        self.resume_order: dict | None = None  # set from a resumed checkpoint (resume.ResumePoint)
 
     def split_targets(self, name: str) -> np.ndarray:
         rows = self.splits[name]
@@ -253,29 +292,12 @@ class TaskDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        # The training order has a generator of its own: validation and prediction loaders
-        # draw from torch's global one, and must not change the order (nor the result).
-        generator = torch.Generator().manual_seed(self.seed)
         rows = self.prepared[self.train_split]
         if self.length_buckets:
-            batches = ShuffledBuckets(
-                self.lengths(self.train_split), self.minibatch_size, self.length_buckets, generator
-            )
-            loader = ResumableLoader(
-                rows, batch_sampler=share_of(batches, *self.ranks()), collate_fn=self.collate, order=generator
-            )
-        else:  # DataLoader(shuffle=True, generator=generator), spelt out so that ranks can share it
-            batches = BatchSampler(RandomSampler(rows, generator=generator), self.minibatch_size, drop_last=False)
-            loader = ResumableLoader(
-                rows,
-                batch_sampler=share_of(batches, *self.ranks()),
-                collate_fn=self.collate,
-                generator=generator,
-                order=generator,
-            )
-        if self.resume_order:
-            loader.resume(self.resume_order["epoch_start"], self.resume_order["batches_done"])
-        return loader
+            draw = length_bucketed(self.lengths(self.train_split), self.minibatch_size, self.length_buckets)
+        else:
+            draw = shuffled(len(rows), self.minibatch_size)
+        return step_loader(rows, self.collate, OptimizerSteps(draw, self.per_step, self.seed, *self.ranks()))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader("val")] if len(self.splits["val"]) else []

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import datasets
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-from w2s_lightning.data import share_of, tokenize
+from w2s_lightning.data import OptimizerSteps, shuffled, step_loader, tokenize
 from w2s_lightning.models import load_pretrained, load_tokenizer, usable_length
 from w2s_lightning.module import LanguageModelModule
 
@@ -40,10 +38,18 @@ def unlabeled_texts(splits: datasets.DatasetDict) -> datasets.Dataset:
 
 
 def finetune(
-    cfg: DictConfig, model_cfg: DictConfig, options: dict, splits: datasets.DatasetDict, trainer: pl.Trainer, out: Path
+    cfg: DictConfig,
+    model_cfg: DictConfig,
+    options: dict,
+    splits: datasets.DatasetDict,
+    trainer: pl.Trainer,
+    out: Path,
+    per_step: int,
+    ckpt_path: str | None = None,
 ) -> None:
     """Train ``model_cfg``'s language-model objective on the pool's texts for ``options``
-    (lr, mlm_probability); save to ``out/model``."""
+    (lr, mlm_probability), in optimizer steps of ``per_step`` micro-batches, from ``ckpt_path``
+    when a killed fit left one (resume.py); save to ``out/model``."""
     tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
     # Seeded: an encoder's MLM head is missing from the zoo's checkpoints and starts random.
     model = load_pretrained(
@@ -54,15 +60,11 @@ def finetune(
     collator = DataCollatorForLanguageModeling(
         tokenizer, mlm=model_cfg.objective == "masked_lm", mlm_probability=options["mlm_probability"]
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches = BatchSampler(RandomSampler(tokenized, generator=generator), model_cfg.minibatch_size, drop_last=False)
-    loader = DataLoader(
-        tokenized,
-        batch_sampler=share_of(batches, trainer.global_rank, trainer.world_size),
-        collate_fn=collator,
-        generator=generator,
+    steps = OptimizerSteps(
+        shuffled(len(tokenized), model_cfg.minibatch_size), per_step, cfg.seed, trainer.global_rank, trainer.world_size
     )
+    loader = step_loader(tokenized, collator, steps)
     module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr, adamw=cfg.train.adamw)
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

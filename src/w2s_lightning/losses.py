@@ -37,13 +37,14 @@ class AuxConfLoss:
     jumped from ``step_frac`` to 1).
 
     ``hard=True`` (the paper) hardens the student's predictions with a threshold that makes
-    its positive rate match the weak labels'; the threshold is taken over the last
-    ``window`` examples (at least one full batch), so micro-batches under gradient
-    accumulation share one threshold rather than each taking a noisy quantile of its own
-    few examples. ``hard=False`` uses the student's soft probabilities instead (detached).
+    its positive rate match the weak labels'. As in the reference, the threshold is one
+    quantile over the optimizer step's whole batch: ``begin_step`` gives it the student's
+    predictions and the labels of every row of the step, on every rank, before the step's
+    first micro-batch (module.W2SModule.begin_step); given none, the loss takes it over the
+    batch it is called on. ``hard=False`` uses the student's soft probabilities (detached).
     """
 
-    def __init__(self, aux_coef: float = 0.5, warmup_frac: float = 0.2, window: int = 32, hard: bool = True):
+    def __init__(self, aux_coef: float = 0.5, warmup_frac: float = 0.2, hard: bool = True):
         if not 0 <= aux_coef <= 1:
             raise ConfigError(
                 f"loss.fn.aux_coef={aux_coef}: the weight of the student's own predictions in its target "
@@ -53,25 +54,32 @@ class AuxConfLoss:
             raise ConfigError(f"loss.fn.warmup_frac={warmup_frac}: a share of training, in [0, 1].")
         self.aux_coef = aux_coef
         self.warmup_frac = warmup_frac
-        self.window = window
         self.hard = hard
-        self._recent_p1 = torch.empty(0)
-        self._recent_target = torch.empty(0)
+        self.threshold: torch.Tensor | None = None
+
+    @property
+    def needs_step_predictions(self) -> bool:
+        return self.hard
 
     def coef(self, step_frac: float) -> float:
         return self.aux_coef * ramp(step_frac, self.warmup_frac)
 
-    def _harden(self, p1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._recent_p1 = torch.cat([self._recent_p1.to(p1.device), p1])[-self.window :]
-        self._recent_target = torch.cat([self._recent_target.to(p1.device), target])[-self.window :]
-        positive_rate = self._recent_target.mean()
-        threshold = torch.quantile(self._recent_p1, 1 - positive_rate)
-        return (p1 > threshold).float()
+    @staticmethod
+    def matching_threshold(p1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The threshold above which as many predictions are positive as the labels are."""
+        return torch.quantile(p1, 1 - target.mean())
+
+    def begin_step(self, p1: torch.Tensor | None, target: torch.Tensor | None) -> None:
+        self.threshold = None if p1 is None else self.matching_threshold(p1, target)
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, step_frac: float) -> torch.Tensor:
         logits, target = logits.float(), target.float()
         p1 = logits.softmax(dim=-1)[:, 1].detach()
-        own = self._harden(p1, target) if self.hard else p1
+        if self.hard:
+            threshold = self.matching_threshold(p1, target) if self.threshold is None else self.threshold
+            own = (p1 > threshold.to(p1.device)).float()
+        else:
+            own = p1
         alpha = self.coef(step_frac)
         return F.cross_entropy(logits, two_class((1 - alpha) * target + alpha * own))
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import lightning.pytorch as pl
 import torch
@@ -22,7 +23,50 @@ def binary_metrics(prefix: str) -> MetricCollection:
     return MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC()}, prefix=prefix)
 
 
-class W2SModule(pl.LightningModule):
+class StepTraining(pl.LightningModule):
+    """A training step that is one whole optimizer step: the loader yields this rank's
+    micro-batches of the step with their shares of its rows (``data.OptimizerSteps``), and the
+    step accumulates them itself (Lightning's manual optimisation). So the step's loss is the
+    mean over its rows whatever the number of ranks or an uneven last step, a loss can look at
+    the whole step before the first backward (``begin_step``), and a checkpoint never falls
+    between micro-batches of one step (a SIGTERM stops the fit after the step it arrived in).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def micro_batch_loss(self, batch: dict, step_frac: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean loss over ``batch``, and figures to log (means over it too)."""
+        raise NotImplementedError
+
+    def begin_step(self, micro_batches: list[dict], shares: list[float], rows: int) -> None:
+        """Called before the step's first micro-batch; nothing by default."""
+
+    def training_step(self, step: dict, batch_idx: int) -> None:
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        step_frac = self.global_step / max(1, self.trainer.estimated_stepping_batches)
+        batches, shares = step["micro_batches"], step["shares"]
+        self.begin_step(batches, shares, step["rows"])
+        logged: dict[str, torch.Tensor] = {}
+        for i, (batch, share) in enumerate(zip(batches, shares, strict=True)):
+            faults.reached("train_step")
+            loss, figures = self.micro_batch_loss(batch, step_frac)
+            # DDP and FSDP average the ranks' gradients: times world, the step's gradient is the
+            # sum over its rows / its rows. Gradients are reduced once, after the last micro-batch.
+            last = i == len(batches) - 1
+            with nullcontext() if last else getattr(self.trainer.strategy, "block_backward_sync", nullcontext)():
+                self.manual_backward(loss * share * self.trainer.world_size)
+            for name, value in {"train/loss": loss, **figures}.items():
+                logged[name] = logged.get(name, 0.0) + value.detach() * share
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        # This rank's share of the step's mean: summed over the ranks it is the step's.
+        self.log_dict(logged, prog_bar=True, reduce_fx="sum", sync_dist=self.trainer.world_size > 1)
+
+
+class W2SModule(StepTraining):
     def __init__(
         self,
         classifier: torch.nn.Module,
@@ -47,10 +91,8 @@ class W2SModule(pl.LightningModule):
         """Logits from the model inputs in ``batch`` (token ids and mask, or probe features)."""
         return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label", "real")})
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        faults.reached("train_step")
+    def micro_batch_loss(self, batch: dict, step_frac: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self(batch)
-        step_frac = self.global_step / max(1, self.trainer.estimated_stepping_batches)
         loss = self.loss(logits, batch["target"], step_frac)
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -59,9 +101,31 @@ class W2SModule(pl.LightningModule):
                 "or train in full precision (trainer.precision=32-true)."
             )
         agreement = (logits.argmax(dim=-1) == (batch["target"] > 0.5).long()).float().mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
-        self.log("train/acc_vs_target", agreement, batch_size=len(logits))
-        return loss
+        return loss, {"train/acc_vs_target": agreement}
+
+    def begin_step(self, micro_batches: list[dict], shares: list[float], rows: int) -> None:
+        """A loss that needs the student's predictions on the whole step (aux_conf's hardening
+        threshold, over the step's rows on every rank) gets them from a forward pass without
+        gradients, which replays the training pass's dropout (the RNG is forked and restored).
+        A step of one micro-batch on one device needs none: the loss takes them from it."""
+        if not getattr(self.loss, "needs_step_predictions", False):
+            return
+        if len(micro_batches) == 1 and self.trainer.world_size == 1:
+            self.loss.begin_step(None, None)
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            p1 = [self(batch).softmax(dim=-1)[:, 1].float() for batch in micro_batches]
+        real = torch.cat(
+            [torch.full((len(p),), share > 0, device=p.device) for p, share in zip(p1, shares, strict=True)]
+        )
+        mine = torch.cat(p1)[real]  # not a stand-in's
+        targets = torch.cat([b["target"].float() for b in micro_batches])[real]
+        # Padded with NaN to the step's rows, the ranks' shares gather into one tensor.
+        gathered = [self.all_gather(torch.cat([v, v.new_full((rows - len(v),), torch.nan)])) for v in (mine, targets)]
+        p1_all, target_all = (g.flatten() for g in gathered)
+        kept = ~p1_all.isnan()
+        self.loss.begin_step(p1_all[kept], target_all[kept])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         real = batch["real"]  # not the copies that even out the ranks' batches (data.py)
@@ -131,22 +195,21 @@ class FeatureModule(pl.LightningModule):
         return self.classifier.pool(batch["input_ids"], batch["attention_mask"])
 
 
-class LanguageModelModule(pl.LightningModule):
+class LanguageModelModule(StepTraining):
     def __init__(self, model: torch.nn.Module, lr: float, adamw: str = "fused"):
         super().__init__()
         self.model = model
         self.lr = lr
         self.adamw = adamw
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def micro_batch_loss(self, batch: dict, step_frac: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = self.model(**batch).loss
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"generative fine-tuning: the loss is {loss.item()}; lower method.lr "
                 f"(now {self.lr:g}) or use trainer.precision=32-true."
             )
-        self.log("generative/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        return loss
+        return loss, {}
 
     def configure_optimizers(self):
         return adamw_schedule(

@@ -6,8 +6,10 @@ counters, the selection callback's best so far) as ``resume.ckpt``, written ever
 ``train.checkpoint_every`` optimizer steps by a ``ModelCheckpoint`` and, on SIGTERM (or SIGUSR1,
 Slurm's warning before preemption), by ``ResumePoint.on_exception`` before the process exits.
 The selection rule's checkpoints live there too. The next build of the same key starts the fit
-from ``resume.ckpt`` (loaded with ``weights_only``: no pickle runs) and the training order goes
-on where it stopped (``data.ResumableLoader``). The folder is removed once the stage is
+from ``resume.ckpt`` (loaded with ``weights_only``: no pickle runs): the training order goes on
+at the next optimizer step of the epoch it stopped in (``data.OptimizerSteps``), and every
+rank's random generators (dropout, MLM masking) are as they were. A checkpoint always falls
+between optimizer steps (``module.StepTraining``). The folder is removed once the stage is
 published. A resumed stage ends with the metrics of an uninterrupted one (tests/test_resume.py).
 """
 
@@ -36,7 +38,8 @@ class ResumePoint(pl.Callback):
 
     def __init__(self, folder: Path, every_n_steps: int | None):
         self.folder = Path(folder)
-        self.batches_done = 0
+        self.steps_done = 0
+        self.resumed: dict | None = None  # the order and generators of the checkpoint resumed from
         self._previous_usr1 = None
         # Lightning's ModelCheckpoint writes resume.ckpt every N optimizer steps, over the last one.
         self.periodic = (
@@ -94,17 +97,32 @@ class ResumePoint(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_usr1()
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.resumed:
+            trainer.train_dataloader.sampler.resume(self.resumed["epoch"], self.resumed["steps_done"])
+            torch.set_rng_state(self.resumed["cpu_rng"][trainer.global_rank])
+            if "cuda_rng" in self.resumed:
+                torch.cuda.set_rng_state(self.resumed["cuda_rng"][trainer.global_rank], pl_module.device)
+            self.resumed = None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.batches_done = batch_idx + 1  # before any ModelCheckpoint saves (Lightning runs those last)
+        self.steps_done = batch_idx + 1  # before any ModelCheckpoint saves (Lightning runs those last)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        loader = trainer.train_dataloader
-        if getattr(loader, "epoch_start", None) is not None:
-            checkpoint[ORDER_KEY] = {"epoch_start": loader.epoch_start, "batches_done": self.batches_done}
+        # Every rank takes part (the checkpoint is made on all, written by rank 0).
+        def every_rank(state: torch.Tensor) -> torch.Tensor:
+            return trainer.strategy.all_gather(state.to(pl_module.device)).reshape(trainer.world_size, -1).cpu()
+
+        checkpoint[ORDER_KEY] = {
+            "epoch": trainer.train_dataloader.sampler.epoch,
+            "steps_done": self.steps_done,
+            "cpu_rng": every_rank(torch.get_rng_state()),
+        }
+        if pl_module.device.type == "cuda":
+            checkpoint[ORDER_KEY]["cuda_rng"] = every_rank(torch.cuda.get_rng_state(pl_module.device))
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if ORDER_KEY in checkpoint and trainer.datamodule is not None:
-            trainer.datamodule.resume_order = checkpoint[ORDER_KEY]
+        self.resumed = checkpoint.get(ORDER_KEY)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_usr1()

@@ -16,6 +16,7 @@ import logging
 import shutil
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,8 +50,8 @@ TRAINING = "training_rows"
 
 
 def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
-    """Micro-batches each rank accumulates per optimizer step: every step sees
-    ``train.batch_size`` examples, however many ranks share them."""
+    """Micro-batches per optimizer step on one device: every step sees ``train.batch_size``
+    examples, however many ranks share its micro-batches (each takes an equal number)."""
     per_step = model_cfg.minibatch_size * parallel.world_size(cfg)
     if cfg.train.batch_size % per_step:
         ranks = (
@@ -62,7 +63,17 @@ def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
             f"train.batch_size={cfg.train.batch_size} is not a multiple of "
             f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}{ranks}; change one of them."
         )
-    return cfg.train.batch_size // per_step
+    return cfg.train.batch_size // model_cfg.minibatch_size
+
+
+@contextmanager
+def exit_on_sigterm():
+    """A fit stopped by SIGTERM has saved its progress (ResumePoint): the process exits as a
+    terminated one does."""
+    try:
+        yield
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 class StageRunner:
@@ -163,13 +174,23 @@ class StageRunner:
 
     # ------------------------------------------------------------ builders, one per kind
 
-    def _generative(self, out: Path, request: StageRequest, **_) -> None:
+    def _generative(self, out: Path, request: StageRequest, progress: Path, **_) -> None:
         model_cfg = request.model
         log.info("generative: fine-tuning %s on the task's unlabeled text (%s)", model_cfg.name, model_cfg.objective)
         logger = tracking.stage_logger(self.cfg, request.role, model_cfg.name)
-        trainer = self.trainer(model_cfg, request.options["epochs"], out, logger)
-        with tracking.finished_when_done(logger):
-            generative.finetune(self.cfg, model_cfg, request.options, self.splits, trainer, out)
+        resume = ResumePoint(progress, self.cfg.train.checkpoint_every)
+        trainer = self.trainer(model_cfg, request.options["epochs"], out, logger, resume=resume)
+        with tracking.finished_when_done(logger), exit_on_sigterm():
+            generative.finetune(
+                self.cfg,
+                model_cfg,
+                request.options,
+                self.splits,
+                trainer,
+                out,
+                per_step=accumulation(self.cfg, model_cfg),
+                ckpt_path=resume.start_from(),
+            )
 
     def _features(self, out: Path, request: StageRequest, init: StageResult | None, **_) -> None:
         log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
@@ -243,10 +264,8 @@ class StageRunner:
         epochs = cfg.finetune.epochs or cfg.train.epochs
         trainer = self.trainer(model_cfg, epochs, out, logger, student=supervisor is not None, resume=resume)
         with tracking.finished_when_done(logger):
-            try:
+            with exit_on_sigterm():
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.start_from(), weights_only=True)
-            except SIGTERMException:  # its progress is saved (ResumePoint): exit as a terminated process does
-                raise SystemExit(128 + signal.SIGTERM) from None
             train_seconds = time.time() - started
             selection = next((c for c in trainer.checkpoint_callbacks if c is not resume.periodic), None)
             best = selection.best_model_path if selection else None
@@ -379,7 +398,6 @@ class StageRunner:
         return hydra.utils.instantiate(
             self.cfg.trainer,
             max_epochs=epochs,
-            accumulate_grad_batches=accumulation(self.cfg, model_cfg),
             logger=logger,
             default_root_dir=self.cfg.paths.output_dir,
             callbacks=callbacks,
@@ -407,6 +425,8 @@ class StageRunner:
             predict_splits=list(request.predicts),
             targets={name: t.numpy() for name, t in targets.items()},
             minibatch_size=model_cfg.minibatch_size,
+            per_step=accumulation(self.cfg, model_cfg),
+            seed=self.cfg.seed,
             eval_batch_size=model_cfg.eval_batch_size,
         )
         if features is not None:
@@ -415,7 +435,6 @@ class StageRunner:
         return TaskDataModule(
             self.with_rows(request, kept, splits),
             tokenizer,
-            seed=self.cfg.seed,
             length_buckets=self.cfg.train.length_buckets,
             **common,
         )

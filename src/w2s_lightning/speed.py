@@ -54,7 +54,9 @@ class Throughput(pl.Callback):
             self._start("train")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._count("train", batch)
+        for micro_batch, share in zip(batch["micro_batches"], batch["shares"], strict=True):  # one optimizer step
+            if share:  # not a stand-in that evens out the ranks
+                self._count("train", micro_batch)
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._start("predict")

@@ -32,7 +32,11 @@ from w2s_lightning.zoo import ZOO_PREFIX
 # forward pass reads; train.adamw and train.compile out (they change float order only); a
 # student's selection rule without callbacks (select=last) out; a generative stage keyed by
 # train.dropout; a local model folder by its files (names, sizes, times); model.revision in.
-STAGE_FORMAT = 6
+# 7 (issue 24): a training step is one optimizer step over its rows on every rank (its loss
+# the mean over them; an uneven last step runs stand-ins, it repeats no rows); each epoch's
+# order drawn from (seed, epoch); aux_conf's threshold one quantile over the step's batch;
+# probes' training order follows the seed.
+STAGE_FORMAT = 7
 GROUND_TRUTH = "ground_truth"
 # Trainer settings and model fields that change only what is shown, never a stage's result.
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
