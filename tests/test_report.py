@@ -190,6 +190,31 @@ def test_settings_that_follow_the_pair_are_no_variants():
     assert not [c for c in pairs.columns if "." in c] and len(summary) == 1
 
 
+def test_a_weak_model_trained_on_other_devices_in_another_run_is_a_variant():
+    """paper_nlp's one-GPU runs beside paper_nlp_7b's, whose weak rungs FSDP retrains: the same
+    weak model with two accuracies, each named by its device layout."""
+    one_gpu = {"strategy": "auto", "devices": 1, "precision": "bf16-mixed"}
+    fsdp = {
+        "strategy": {"_target_": "lightning.pytorch.strategies.FSDPStrategy"},
+        "devices": 8,
+        "precision": "bf16-mixed",
+    }
+    results = [
+        result("small", "mid", (0.6, 0.7, 0.8), trainer=one_gpu),
+        result("small", "big", (0.62, 0.7, 0.9), trainer=fsdp),
+    ]
+    pairs, summary = tables.tables(results)
+    layouts = pairs.set_index("strong")[tables.LAYOUT]
+    assert layouts["mid"] == "auto, 1 x 1, bf16-mixed" and layouts["big"] == "FSDPStrategy, 8 x 1, bf16-mixed"
+    assert len(summary) == 2  # not pooled into one median
+    # One layout throughout: no column.
+    same = [
+        result("small", "mid", (0.6, 0.7, 0.8), trainer=one_gpu),
+        result("small", "big", (0.6, 0.7, 0.9), trainer=one_gpu),
+    ]
+    assert tables.LAYOUT not in tables.tables(same)[0].columns
+
+
 def test_a_gap_within_the_test_noise_is_flagged_and_left_out_of_the_median():
     # On 200 test examples two standard errors of a 0.70 vs 0.72 difference are 9 points.
     noisy = result("small", "mid", (0.70, 0.80, 0.72), n_test=200)  # PGR 5.0 over a 2-point gap

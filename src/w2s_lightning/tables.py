@@ -98,7 +98,25 @@ def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
     if "select.name" in settings.columns and (settings["select.name"] == ORACLE).any() and "select.name" not in varying:
         varying.append("select.name")  # a rule that reads ground truth is always named, even alone
-    return records.join(settings[varying])
+    records = records.join(settings[varying])
+    # A weak model trained on other devices in other runs (paper_nlp_7b retrains its weak rungs
+    # under FSDP) differs by more than float order: each run's layout is named, so one weak
+    # model never shows two accuracies unexplained.
+    layout = pd.Series([device_layout(c) for c in configs], index=records.index)
+    if (layout.groupby(records[["task", "weak"]].astype(str).agg("|".join, axis=1)).nunique() > 1).any():
+        records[LAYOUT] = layout
+    return records
+
+
+LAYOUT = "trainer.layout"
+
+
+def device_layout(config: dict) -> str:
+    """How a run's stages were spread over devices: strategy, devices x nodes, precision."""
+    trainer = config.get("trainer", {})
+    strategy = trainer.get("strategy", "auto")
+    name = strategy.get("_target_", "?").rsplit(".", 1)[-1] if isinstance(strategy, dict) else str(strategy)
+    return f"{name}, {trainer.get('devices', 1)} x {trainer.get('num_nodes', 1)}, {trainer.get('precision', '?')}"
 
 
 def variants(table: pd.DataFrame) -> list[str]:
