@@ -250,7 +250,8 @@ def reference(args) -> dict:
     predict = tokenize_dataset(as_reference("train_b", "test"), tokenizer, 1024)
     weak_to_strong.logger.configure(name="benchmark")  # WANDB_PROJECT unset: logs nothing
     torch.manual_seed(cfg.seed)
-    model = TransformerWithHead.from_pretrained(args.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as train_and_save_model: .to("cuda"), fp32
+    model = TransformerWithHead.from_pretrained(args.model).to(device)
 
     started = time.perf_counter()
     # loss_fn as train_and_save_model passes it: train_model's default is the class, not a loss.
@@ -286,7 +287,7 @@ def reference(args) -> dict:
             }
         )
     figures["test_acc"] = float(sum(results["acc"][len(splits["train_b"]) :]) / len(splits["test"]))
-    return report("reference train_model (fp32)", figures, non_embedding_params(args.model), "32-true")
+    return report("reference train_model (fp32)", figures, non_embedding_params(args.model), "32-true", device)
 
 
 def suite(args) -> None:

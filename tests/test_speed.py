@@ -2,6 +2,7 @@
 benchmark script (its figures are measurements for the README, never asserted here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,19 @@ def test_benchmark_measures_one_stage_of_a_local_model(tiny_llama, zoo_dir):
     assert figures["train_examples_per_s"] > 0 and figures["predict_examples_per_s"] > 0
     assert 0 <= figures["train_padding"] < 1 and 0 < figures["train_mfu"] < 1
     assert figures["peak_rss_gb"] > 0 and figures["non_embedding_params"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check would run on this GPU")
+def test_the_gpu_check_stops_at_once_with_one_clear_line_where_there_is_no_gpu():
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"gpu_check: no CUDA GPU visible to {sys.executable}'s torch; this check needs one (run it where a GPU is lent)"
+    )
+    assert not done.stdout
