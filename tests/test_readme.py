@@ -28,6 +28,7 @@ SWEEP_CUTS = {
     "experiment=offline_suite": "task=sst2 loss=xent seed=0",
     "method=direct,s2s,knn_relabel": "method=knn_filter",  # the methods zoo: one method that reads features
     "loss=window,log_entropy,adapt_conf": "loss=window",
+    "train.length_buckets=8,null": "train.length_buckets=null",
 }
 # The smallest zoo model that serves as a strong one: appended to commands that do not name theirs.
 SMALL_STRONG = "'model@strong=minilm_l6'"

@@ -190,6 +190,17 @@ def test_settings_that_follow_the_pair_are_no_variants():
     assert not [c for c in pairs.columns if "." in c] and len(summary) == 1
 
 
+def test_a_setting_at_null_beside_a_value_is_a_variant_not_more_seeds():
+    """train.length_buckets=8 and =null over three seeds each: two rows of three seeds."""
+    results = [
+        result("small", "big", (0.6, 0.7, 0.9), seed=seed, train__length_buckets=buckets)
+        for seed in range(3)
+        for buckets in (8, None)
+    ]
+    pairs, _ = tables.tables(results)
+    assert sorted(pairs["train.length_buckets"]) == ["8", "null"] and list(pairs["seeds"]) == [3, 3]
+
+
 def test_a_weak_model_trained_on_other_devices_in_another_run_is_a_variant():
     """paper_nlp's one-GPU runs beside paper_nlp_7b's, whose weak rungs FSDP retrains: the same
     weak model with two accuracies, each named by its device layout."""

@@ -92,7 +92,9 @@ def interval(values: pd.Series) -> tuple[float, float, float]:
 def variant_columns(records: pd.DataFrame, configs: list[dict]) -> pd.DataFrame:
     """The config values that vary inside a (task, method, loss, weak, strong) group, other
     than the seed, as columns beside ``records``: what a sweep varied beyond the pair."""
-    settings = pd.json_normalize(canonical(configs)).set_axis(records.index)  # nested keys as "a.b.c" columns
+    # Nested keys as "a.b.c" columns; a null setting as "null", a value like any other (pandas
+    # would read it as missing, and length_buckets=8 beside null would pool as seeds).
+    settings = pd.json_normalize(canonical(with_nulls_shown(configs))).set_axis(records.index)
     settings = settings[[c for c in settings.columns if not c.startswith(NOT_VARIANTS)]].astype(str)
     pair = records[PAIR].astype(str).agg("|".join, axis=1)
     varying = [c for c in settings.columns if (settings[c].groupby(pair).nunique() > 1).any()]
@@ -117,6 +119,16 @@ def device_layout(config: dict) -> str:
     strategy = trainer.get("strategy", "auto")
     name = strategy.get("_target_", "?").rsplit(".", 1)[-1] if isinstance(strategy, dict) else str(strategy)
     return f"{name}, {trainer.get('devices', 1)} x {trainer.get('num_nodes', 1)}, {trainer.get('precision', '?')}"
+
+
+def with_nulls_shown(value):
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return {k: with_nulls_shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_nulls_shown(v) for v in value]
+    return value
 
 
 def variants(table: pd.DataFrame) -> list[str]:
