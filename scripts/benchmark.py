@@ -301,7 +301,7 @@ def suite(args) -> None:
     jobs = [
         (name, [*base, "project", args.model, *levers, *args.overrides, *common, "--name", name])
         for name, levers in LEVERS.items()
-        if args.all_levers or not levers
+        if not levers or (any(o in levers for o in args.levers) if args.levers else args.all_levers)
     ]
     if args.checkout:
         jobs.insert(0, ("reference", [*base, "reference", args.model, *common, "--checkout", args.checkout]))
@@ -445,6 +445,14 @@ def main() -> None:
         command.add_argument("--repeats", type=int, default=1, help="suite: run every job this many times")
         command.add_argument(
             "--all-levers", action="store_true", help="suite: every lever off in turn, not only the defaults"
+        )
+        command.add_argument(
+            "--levers",
+            nargs="+",
+            default=[],
+            metavar="OVERRIDE",
+            help="suite: only the levers these overrides set (e.g. train.length_buckets=null), beside the "
+            "defaults; it narrows --all-levers",
         )
         command.set_defaults(run=run)
     # Hydra overrides of the project's stage (key=value) may come anywhere after the command.

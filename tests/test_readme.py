@@ -37,6 +37,8 @@ SMALL_STRONG = "'model@strong=minilm_l6'"
 BENCHMARK_ROWS = "--rows 16"
 GPT2_TINY = "--size tiny"
 LAUNCHER_CUT = "--launchers basic"
+# Appended to the suite of every lever: the defaults and one lever (each is the same command).
+LEVERS_CUT = "--levers train.length_buckets=null"
 # Appended to the task table's measurement: one task, tiny, into the test's copy of docs/.
 TASK_TABLE = "--tasks sst2 --docs docs"
 # Appended to the layer choice: the base zoo's causal rung alone, into the test's copy of docs/.
@@ -113,6 +115,8 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
             appended = [GPT2_TINY if " gpt2 " in command else BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
             if " launchers " in command:  # one launcher: test_sweep.py runs the parallel ones
                 appended += [SMALL_STRONG, LAUNCHER_CUT]
+            if "--all-levers" in command:
+                appended.append(LEVERS_CUT)
         if command.startswith("python scripts/choose_layer.py"):  # one rung of the base zoo, tiny splits
             appended = [LAYER_CUT, f"paths.zoo_dir={zoo_dir}", SIZES]
         if command.startswith("python scripts/task_table.py"):

@@ -122,7 +122,8 @@ class StageRunner:
         folder, reused = self.cache.get_or_build(
             kind, spec, lambda out: builder(out, request, **inputs), ranks=parallel
         )
-        release_memory()
+        if not reused:
+            release_memory()
         shutil.rmtree(progress, ignore_errors=True)  # published: its in-progress checkpoints served their purpose
         model = f"{supervisor.model} relabelled" if request.kind == "relabel" else request.model.name
         if reused:

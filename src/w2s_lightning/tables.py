@@ -4,6 +4,10 @@ over seeds, and per (task, method, loss) the median PGR over valid pairs.
 Every config value that varies inside one (task, method, loss, weak, strong) group of a sweep,
 such as ``loss.fn.aux_coef`` or ``train.epochs``, becomes a column of its own (a *variant*),
 so runs that differ in it are never averaged together nor counted as seeds.
+
+Why it is long: records, the rules that make a variant (settings, null settings, device
+layouts), per-pair means with intervals and the per-task summary are one path from results to
+the report's tables, each step read only by the next.
 """
 
 from __future__ import annotations
