@@ -2,9 +2,9 @@
 environment, a process kills itself with SIGKILL (no cleanup, no ``finally``: as the OOM
 killer or a lost node would) the n-th time it reaches ``point``; ``<point>:<n>:SIGTERM`` sends
 SIGTERM instead (as Slurm before preemption), which the process handles as it would one from
-outside. The points: ``tokenise`` (a batch of rows being tokenised), ``train_step``,
-``predict_batch`` and ``publish`` (an entry sealed, not yet renamed into place). Unset,
-``reached`` is a dictionary lookup."""
+outside. The points: ``tokenise`` (a batch of rows being tokenised), ``train_step`` (a training
+micro-batch, counted across stages), ``predict_batch`` and ``publish`` (an entry sealed, not
+yet renamed into place). Unset, ``reached`` is a dictionary lookup."""
 
 from __future__ import annotations
 
