@@ -207,6 +207,8 @@ class StageRunner:
             )
 
     def _features(self, out: Path, request: StageRequest, init: StageResult | None, **_) -> None:
+        # Not resumed part-way, unlike training stages: one forward pass over one split, and the
+        # splits already done are published stages that a rerun reuses (docs/reference.md).
         log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
         classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
         datamodule = self.datamodule(request, self.kept_rows(request, None), {}, None)
