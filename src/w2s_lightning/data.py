@@ -102,9 +102,6 @@ class StepRows(torch.utils.data.Dataset):
     def __init__(self, rows, collate: Callable[[list], dict]):
         self.rows, self.collate = rows, collate
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def __getitem__(self, step: dict) -> dict:
         batches, real = step["micro_batches"], len(step["micro_batches"]) - step["stand_ins"]
         return {
