@@ -11,14 +11,12 @@ the parts they share (Trainer, DataModule, tokenisation, gathered predictions).
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import logging
 import shutil
 import signal
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from w2s_lightning import generative, parallel, stage_key, tracking
 from w2s_lightning.cache import StageCache
 from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
+from w2s_lightning.memory import drop_optimizer_state, release_memory
 from w2s_lightning.methods import LABELLER, StageRequest
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
@@ -66,16 +65,6 @@ def accumulation(cfg: DictConfig, model_cfg: DictConfig) -> int:
             f"{model_cfg.name}'s minibatch_size={model_cfg.minibatch_size}{ranks}; change one of them."
         )
     return cfg.train.batch_size // model_cfg.minibatch_size
-
-
-def release_memory() -> None:
-    """Give back what a built stage held (its model, gradients, AdamW state): Lightning and
-    W&B keep it in reference cycles that only the cycle collector frees, and glibc keeps freed
-    memory in its arenas unless asked to return it. Without this, the next stage's peak sits
-    on top of the last one's (docs/speed.md, "Memory")."""
-    gc.collect()
-    with suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextmanager
@@ -283,6 +272,7 @@ class StageRunner:
             with exit_on_sigterm():
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.start_from(), weights_only=True)
             train_seconds = time.time() - started
+            drop_optimizer_state(trainer)
             selection = next((c for c in trainer.checkpoint_callbacks if c is not resume.periodic), None)
             best = selection.best_model_path if selection else None
             outputs = trainer.predict(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
