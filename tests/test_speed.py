@@ -1,5 +1,6 @@
-"""Speed levers that must not change results, the per-stage throughput figures, and the
-benchmark script (its figures are measurements for the README, never asserted here)."""
+"""Speed levers that must not change results, the per-stage throughput figures, what a stage
+gives back of its memory, and the benchmark script (its figures are measurements for the
+README, never asserted here)."""
 
 import json
 import os
@@ -7,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from w2s_lightning.errors import ConfigError
+from w2s_lightning.memory import KERNEL_CACHE, drop_optimizer_state, limit_kernel_cache
 from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, adamw_schedule
 from w2s_lightning.speed import Throughput
 
@@ -38,6 +41,55 @@ def test_every_adamw_implementation_makes_the_same_update():
 def test_an_unknown_adamw_implementation_is_named():
     with pytest.raises(ConfigError, match="train.adamw='adam8bit' is unknown"):
         adamw_schedule(None, [torch.nn.Parameter(torch.zeros(1))], 1e-3, implementation="adam8bit")
+
+
+class Regression(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return (self.layer(inputs).squeeze(-1) - targets).square().mean()
+
+    def predict_step(self, batch, batch_idx):
+        return self.layer(batch[0]).squeeze(-1)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+def test_a_fitted_stage_drops_adamw_state_and_predicts_the_same():
+    torch.manual_seed(0)
+    rows = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randn(32))
+    loader = torch.utils.data.DataLoader(rows, batch_size=8)
+    module = Regression()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    (optimizer,) = trainer.optimizers
+    assert len(optimizer.state) == 2  # weight and bias: each with its two moments
+    before = torch.cat(trainer.predict(module, loader))
+    drop_optimizer_state(trainer)
+    assert not optimizer.state
+    assert torch.equal(torch.cat(trainer.predict(module, loader)), before)
+
+
+def test_the_kernel_cache_limit_yields_to_the_environment(monkeypatch):
+    monkeypatch.delenv(KERNEL_CACHE, raising=False)
+    limit_kernel_cache(None)
+    assert KERNEL_CACHE not in os.environ  # oneDNN's own default
+    limit_kernel_cache(64)
+    assert os.environ[KERNEL_CACHE] == "64"
+    monkeypatch.setenv(KERNEL_CACHE, "8")
+    limit_kernel_cache(64)
+    assert os.environ[KERNEL_CACHE] == "8"
 
 
 def test_throughput_counts_real_and_padded_tokens():
