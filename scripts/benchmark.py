@@ -22,6 +22,7 @@ on and off, each in a fresh process, one after another, and prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -178,7 +180,7 @@ def make_gpt2(args) -> None:
 
 def project(args) -> dict:
     """One stage through the project's own stage code, in a fresh cache."""
-    from w2s_lightning import preflight, tasks, zoo
+    from w2s_lightning import memory, preflight, tasks, zoo
     from w2s_lightning.methods import LABELLER, Rows, StageRequest
     from w2s_lightning.roles import WEAK
     from w2s_lightning.runner import StageRunner
@@ -194,9 +196,17 @@ def project(args) -> dict:
             loss=cfg.ground_truth_loss,
             predicts=tuple(n for n in LABELLER if len(splits[n])),
         )
+        memory.limit_kernel_cache(cfg.cpu_kernel_cache)  # as run.py does
         started = time.perf_counter()
-        stage = StageRunner(cfg, splits).build(request, {})
+        with (
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            if args.profile
+            else nullcontext() as prof
+        ):
+            stage = StageRunner(cfg, splits).build(request, {})
         figures = {k: v for k, v in stage.metrics.items() if "per_s" in k or "padding" in k}
+        if prof:
+            figures.update(step_breakdown(prof.events()))
         figures.update(stage_seconds=time.perf_counter() - started, test_acc=stage.metrics["acc"])
         folder = zoo.resolve(cfg.weak.path, cfg.paths.zoo_dir)
         return report(
@@ -206,6 +216,29 @@ def project(args) -> dict:
             cfg.trainer.precision,
             "cuda" if cfg.trainer.accelerator == "gpu" else "cpu",
         )
+
+
+def step_breakdown(events) -> dict:
+    """Where a training step's time goes, from the labels ``StepTraining.training_step`` records
+    (w2s.step, w2s.forward, w2s.backward, w2s.optimizer): each phase's share of the steps' time,
+    and the time between steps (data, Lightning's loop, logging) as a share of steps plus gaps.
+    Gaps that hold a validation (over 3x the median gap) count as neither."""
+    spans: dict[str, list] = {}
+    for event in events:
+        if event.name.startswith("w2s."):
+            spans.setdefault(event.name, []).append(event.time_range)
+    steps = sorted(spans.get("w2s.step", []), key=lambda r: r.start)
+    step_us = sum(r.elapsed_us() for r in steps)
+    gaps = sorted(b.start - a.end for a, b in itertools.pairwise(steps))
+    usual = [g for g in gaps if g <= 3 * gaps[len(gaps) // 2]] if gaps else [0]
+    shares = {
+        f"step_{phase}_share": sum(r.elapsed_us() for r in spans.get(f"w2s.{phase}", [])) / step_us
+        for phase in ("forward", "backward", "optimizer")
+    }
+    shares["step_other_share"] = 1 - sum(shares.values())
+    step_ms, gap_ms = step_us / len(steps) / 1e3, sum(usual) / len(usual) / 1e3
+    shares.update(step_ms=step_ms, between_steps_ms=gap_ms, between_steps_share=gap_ms / (gap_ms + step_ms))
+    return shares
 
 
 def reference(args) -> dict:
@@ -443,6 +476,12 @@ def main() -> None:
         command.add_argument("--name")
         command.add_argument("--checkout", help="a checkout of openai/weak-to-strong (reference, suite)")
         command.add_argument("--repeats", type=int, default=1, help="suite: run every job this many times")
+        command.add_argument(
+            "--profile",
+            action="store_true",
+            help="project: run under torch.profiler and split the training steps' time into forward, "
+            "backward, optimizer and the rest (slower: read its shares, not its speed)",
+        )
         command.add_argument(
             "--all-levers", action="store_true", help="suite: every lever off in turn, not only the defaults"
         )

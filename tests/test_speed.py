@@ -137,7 +137,8 @@ def test_benchmark_measures_one_stage_of_a_local_model(tiny_llama, zoo_dir):
             "project",
             str(tiny_llama),
             "--rows",
-            "32",
+            "64",
+            "--profile",
             f"paths.zoo_dir={zoo_dir}",
             "weak.max_length=64",
         ],
@@ -151,6 +152,9 @@ def test_benchmark_measures_one_stage_of_a_local_model(tiny_llama, zoo_dir):
     assert figures["train_examples_per_s"] > 0 and figures["predict_examples_per_s"] > 0
     assert 0 <= figures["train_padding"] < 1 and 0 < figures["train_mfu"] < 1
     assert figures["peak_rss_gb"] > 0 and figures["non_embedding_params"] > 0
+    # Two steps, profiled: each phase took time, and the phases lie within the step.
+    assert all(figures[f"step_{phase}_share"] > 0 for phase in ("forward", "backward", "optimizer"))
+    assert figures["step_other_share"] >= 0 and figures["step_ms"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check would run on this GPU")

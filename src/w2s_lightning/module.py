@@ -9,6 +9,7 @@ from contextlib import nullcontext
 
 import lightning.pytorch as pl
 import torch
+from torch.profiler import record_function
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import get_scheduler
@@ -44,26 +45,35 @@ class StepTraining(pl.LightningModule):
         """Called before the step's first micro-batch; nothing by default."""
 
     def training_step(self, step: dict, batch_idx: int) -> None:
-        optimizer, schedule = self.optimizers(), self.lr_schedulers()
-        step_frac = self.global_step / max(1, self.trainer.estimated_stepping_batches)
-        batches, shares = step["micro_batches"], step["shares"]
-        self.begin_step(batches, shares, step["rows"])
-        logged: dict[str, torch.Tensor] = {}
-        for i, (batch, share) in enumerate(zip(batches, shares, strict=True)):
-            faults.reached("train_step")
-            loss, figures = self.micro_batch_loss(batch, step_frac)
-            # DDP and FSDP average the ranks' gradients: times world, the step's gradient is the
-            # sum over its rows / its rows. Gradients are reduced once, after the last micro-batch.
-            last = i == len(batches) - 1
-            with nullcontext() if last else getattr(self.trainer.strategy, "block_backward_sync", nullcontext)():
-                self.manual_backward(loss * share * self.trainer.world_size)
-            for name, value in {"train/loss": loss, **figures}.items():
-                logged[name] = logged.get(name, 0.0) + value.detach() * share
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        # This rank's share of the step's mean: summed over the ranks it is the step's.
-        self.log_dict(logged, prog_bar=True, reduce_fx="sum", sync_dist=self.trainer.world_size > 1)
+        # The record_function labels cost nothing unless a profiler runs: scripts/benchmark.py
+        # project --profile reads them to split a step into forward, backward and the optimizer.
+        with record_function("w2s.step"):
+            optimizer, schedule = self.optimizers(), self.lr_schedulers()
+            step_frac = self.global_step / max(1, self.trainer.estimated_stepping_batches)
+            batches, shares = step["micro_batches"], step["shares"]
+            with record_function("w2s.forward"):  # a loss's look at the whole step: forward only
+                self.begin_step(batches, shares, step["rows"])
+            logged: dict[str, torch.Tensor] = {}
+            for i, (batch, share) in enumerate(zip(batches, shares, strict=True)):
+                faults.reached("train_step")
+                with record_function("w2s.forward"):
+                    loss, figures = self.micro_batch_loss(batch, step_frac)
+                # DDP and FSDP average the ranks' gradients: times world, the step's gradient is the
+                # sum over its rows / its rows. Gradients are reduced once, after the last micro-batch.
+                last = i == len(batches) - 1
+                no_sync = (
+                    nullcontext() if last else getattr(self.trainer.strategy, "block_backward_sync", nullcontext)()
+                )
+                with no_sync, record_function("w2s.backward"):
+                    self.manual_backward(loss * share * self.trainer.world_size)
+                for name, value in {"train/loss": loss, **figures}.items():
+                    logged[name] = logged.get(name, 0.0) + value.detach() * share
+            with record_function("w2s.optimizer"):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+            # This rank's share of the step's mean: summed over the ranks it is the step's.
+            self.log_dict(logged, prog_bar=True, reduce_fx="sum", sync_dist=self.trainer.world_size > 1)
 
 
 class W2SModule(StepTraining):
