@@ -180,7 +180,7 @@ def make_gpt2(args) -> None:
 
 def project(args) -> dict:
     """One stage through the project's own stage code, in a fresh cache."""
-    from w2s_lightning import memory, preflight, tasks, zoo
+    from w2s_lightning import preflight, tasks, zoo
     from w2s_lightning.methods import LABELLER, Rows, StageRequest
     from w2s_lightning.roles import WEAK
     from w2s_lightning.runner import StageRunner
@@ -196,7 +196,6 @@ def project(args) -> dict:
             loss=cfg.ground_truth_loss,
             predicts=tuple(n for n in LABELLER if len(splits[n])),
         )
-        memory.limit_kernel_cache(cfg.cpu_kernel_cache)  # as run.py does
         started = time.perf_counter()
         with (
             torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])

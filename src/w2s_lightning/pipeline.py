@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from w2s_lightning import config, memory, parallel, plan, tasks, threads, tracking
+from w2s_lightning import config, parallel, plan, tasks, threads, tracking
 from w2s_lightning.cache import write_atomically
 from w2s_lightning.preflight import preflight
 from w2s_lightning.redact import redacted
@@ -72,7 +72,6 @@ def run(cfg: DictConfig) -> dict:
         plan.log_done(0, 0)
         return skip(cfg, output_dir, reason)
 
-    memory.limit_kernel_cache(cfg.cpu_kernel_cache)
     splits = tasks.load_splits(cfg.task, cfg.paths.data_dir, cfg.seed)
     runner = StageRunner(cfg, splits)
     if parallel.is_leader():

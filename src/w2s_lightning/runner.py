@@ -33,7 +33,7 @@ from w2s_lightning import generative, parallel, stage_key, tracking
 from w2s_lightning.cache import StageCache
 from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
-from w2s_lightning.memory import drop_optimizer_state, release_memory
+from w2s_lightning.memory import drop_optimizer_state, limit_kernel_cache, release_memory
 from w2s_lightning.methods import LABELLER, StageRequest
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
@@ -81,6 +81,8 @@ class StageRunner:
     """The stages of one experiment over one set of splits, by role."""
 
     def __init__(self, cfg: DictConfig, splits: datasets.DatasetDict):
+        # Before any stage runs a kernel, whoever builds stages (run.py, the benchmark, scripts).
+        limit_kernel_cache(cfg.cpu_kernel_cache)
         self.cfg = cfg
         self.splits = splits
         self.data_key = stage_key.fingerprint(splits)
