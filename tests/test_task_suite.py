@@ -78,7 +78,9 @@ def test_every_paper_task_and_reward_task_is_registered_and_composes(make_cfg):
     for name in REGISTERED:
         task = make_cfg(f"task={name}").task
         assert task.name == name and task.formatter in formatters.FORMATTERS
-        if name != "custom" and name not in OFFLINE_ONLY:
+        if task.image_dir:  # idx files (vision.py; test_vision.py), from `make install-vision`
+            assert task.columns == ["image", "class"], name
+        elif name != "custom" and name not in OFFLINE_ONLY:
             assert task.hub_path and task.columns, name  # runs with the hub, and its columns are checked
         assert (task.n_train, task.n_test) == (20000, 10000)  # the schema's paper sizes
 

@@ -30,9 +30,11 @@ class ModelConfig:
     hidden_layer: int | None = None
     objective: str = MISSING  # generative fine-tuning's objective: causal_lm or masked_lm
     lr: float = 5e-5
+    epochs: int | None = None  # passes over its training rows; null = train.epochs (a model from scratch needs more)
     minibatch_size: int = 32  # micro-batch; train.batch_size / minibatch_size = gradient accumulation
     eval_batch_size: int = 64
     max_length: int = 1024  # longer texts are cut on the left (the question/answer sits at the end)
+    image_size: int | None = None  # an image model (vision.py): the side images are resized to; null = a text model
     dtype: str | None = None  # null = float32 weights (mixed precision comes from trainer.precision)
     attn_implementation: str | None = (
         None  # null = transformers' choice (sdpa where the model has it); eager, flash_attention_2
@@ -77,6 +79,10 @@ class TaskConfig:
     test_path: str | None = None
     text_template: str | None = None
     label_column: str | None = None
+    # An image task (vision.py): a folder of idx files, and the classes that make label 1 and label 0.
+    image_dir: str | None = None
+    positive_classes: list[int] | None = None
+    negative_classes: list[int] | None = None
 
 
 ConfigStore.instance().store(group="task", name="task_schema", node=TaskConfig)

@@ -303,6 +303,27 @@ class TaskDataModule(pl.LightningDataModule):
         return [self._eval_loader(name) for name in self.predict_splits]
 
 
+class ImageDataModule(TaskDataModule):
+    """The same splits as images (vision.py): batches of uint8 ``image``, ``target`` and
+    ``label``. The model scales and resizes the pixels itself, so nothing is tokenised."""
+
+    def __init__(self, splits: datasets.DatasetDict, **kwargs):
+        super().__init__(splits, tokenizer=None, **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prepared:
+            return
+        for name in self.used_splits():
+            rows = self.splits[name].add_column("target", self.split_targets(name).tolist())
+            self.prepared[name] = rows.select_columns(["image", "target", "label"]).with_format("numpy")
+
+    def lengths(self, name: str) -> list[int]:
+        return [1] * len(self.prepared[name])  # images of one size: nothing to bucket
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {"image": torch.from_numpy(np.stack([r["image"] for r in rows])), **self._labels(rows)}
+
+
 class FeatureDataModule(TaskDataModule):
     """The same splits as cached backbone features (linear probes): batches of
     ``features``, ``target`` and ``label``; nothing is tokenised."""

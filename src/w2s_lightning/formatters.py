@@ -278,6 +278,13 @@ TRUE_VALUES = {"1", "1.0", "yes", "y", "true", "t", "positive", "pos"}
 FALSE_VALUES = {"0", "0.0", "no", "n", "false", "f", "negative", "neg"}
 
 
+@formatter("image_classes")
+def format_image_classes(row: dict, rng: random.Random, task: DictConfig) -> dict:
+    """An image task (vision.py): the image as it is; label 1 for ``positive_classes`` (the
+    source holds only the classes the task names)."""
+    return {"image": row["image"], "label": int(row["class"] in task.positive_classes)}
+
+
 def to_binary_label(value: Any, column: str) -> int:
     """Map yes/no, true/false, 0/1 (as bools, numbers or strings) to 0/1."""
     text = str(value).strip().lower()

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.roles import BOOTSTRAP, CEILING, ENSEMBLE, GENERATIVE, RELABELLED, TRANSFER, WEAK, rung, s2s_round
+from w2s_lightning.zoo import SCRATCH_PREFIX
 
 # What a stage predicts: every stage val and test; a supervisor also half B, for its student.
 # Every stage on ground truth predicts half B, so a model trained on ground truth is one stage
@@ -26,6 +27,22 @@ from w2s_lightning.roles import BOOTSTRAP, CEILING, ENSEMBLE, GENERATIVE, RELABE
 # transfer, so strong-to-strong rounds start from the transfer that ``direct`` trains.
 EVALUATED = ("val", "test")
 LABELLER = ("train_b", "val", "test")
+
+# conf/finetune/full.yaml: every weight trains, at the model's own learning rate and epochs.
+FULL_FINETUNE = {"name": "full", "lr": None, "epochs": None}
+
+
+def finetune_of(cfg: DictConfig, model_cfg: DictConfig) -> DictConfig:
+    """How a stage of ``model_cfg`` trains: ``finetune``, except that a model from a random init
+    (``scratch:``, vision.py) always trains every weight, whatever the student does: its random
+    features are nothing to probe or adapt."""
+    return OmegaConf.create(FULL_FINETUNE) if model_cfg.path.startswith(SCRATCH_PREFIX) else cfg.finetune
+
+
+def epochs_of(cfg: DictConfig, model_cfg: DictConfig) -> int:
+    """Passes over a stage's training rows: its ``finetune.epochs``, else the model's own
+    ``epochs`` (a model trained from scratch needs more), else ``train.epochs``."""
+    return finetune_of(cfg, model_cfg).epochs or model_cfg.get("epochs") or cfg.train.epochs
 
 
 @dataclass(frozen=True)

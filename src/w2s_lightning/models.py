@@ -193,7 +193,11 @@ def load_classifier(
 ) -> Classifier:
     """The backbone of ``model_cfg`` under a fresh head (a reward head when ``pairwise``); with
     ``finetune.name == 'lora'``, with LoRA adapters on the backbone. ``seed`` fixes the
-    adapters' random init."""
+    adapters' random init. An image model (``image_size`` set) comes from ``vision.py``."""
+    if model_cfg.get("image_size"):
+        from w2s_lightning import vision
+
+        return vision.load_image_classifier(model_cfg, zoo_dir, seed)
     backbone = load_pretrained(AutoModel, model_cfg, zoo_dir, seed=seed, dropout=dropout)
     if getattr(backbone, "pooler", None) is not None:
         # An encoder's pooler (BERT, MPNet: a dense layer on the first token) is never used
@@ -256,6 +260,10 @@ def usable_length(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, zoo
 def check_loadable(model_cfg: DictConfig, zoo_dir: str) -> None:
     """Load ``model_cfg``'s config and tokenizer (seconds, no weights): a wrong path or an
     unusable tokenizer stops the run before any stage trains, not when its stage begins."""
+    if model_cfg.get("image_size"):
+        from w2s_lightning import vision
+
+        return vision.check_loadable(model_cfg, zoo_dir)
     source = zoo.resolve(model_cfg.path, zoo_dir)
     try:
         AutoConfig.from_pretrained(source, **source_options(model_cfg))

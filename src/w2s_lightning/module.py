@@ -24,6 +24,12 @@ def binary_metrics(prefix: str) -> MetricCollection:
     return MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC()}, prefix=prefix)
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a batch feeds the model (token ids and mask, images, or probe features): all but
+    its targets, ground truth and the ``real`` mark of the ranks' padding rows."""
+    return {k: v for k, v in batch.items() if k not in ("target", "label", "real")}
+
+
 class StepTraining(pl.LightningModule):
     """A training step that is one whole optimizer step: the loader yields this rank's
     micro-batches of the step with their shares of its rows (``data.OptimizerSteps``), and the
@@ -98,8 +104,8 @@ class W2SModule(StepTraining):
         self.val_supervisor_acc = BinaryAccuracy()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits from the model inputs in ``batch`` (token ids and mask, or probe features)."""
-        return self.classifier(**{k: v for k, v in batch.items() if k not in ("target", "label", "real")})
+        """Logits from the model inputs in ``batch``."""
+        return self.classifier(**model_inputs(batch))
 
     def micro_batch_loss(self, batch: dict, step_frac: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self(batch)
@@ -202,7 +208,7 @@ class FeatureModule(pl.LightningModule):
         self.classifier = classifier
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self.classifier.pool(batch["input_ids"], batch["attention_mask"])
+        return self.classifier.pool(**model_inputs(batch))
 
 
 class LanguageModelModule(StepTraining):

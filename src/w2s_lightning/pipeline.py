@@ -41,13 +41,19 @@ def skip(cfg: DictConfig, output_dir: Path, reason: str) -> dict:
 
 def results_of_same_config(cfg: DictConfig, path: Path) -> dict | None:
     """The record at ``path`` when it holds the results of this same config (settings of
-    ``RUN_ONLY_KEYS`` aside), else None: with ``reuse_results``, such a job trains nothing."""
+    ``RUN_ONLY_KEYS`` aside, and null settings, which are the same as absent: a field the schema
+    gains at null keeps old results), else None: with ``reuse_results``, such a job trains nothing."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
 
+    def set_only(node):
+        if isinstance(node, dict):
+            return {k: set_only(v) for k, v in node.items() if v is not None}
+        return [set_only(v) for v in node] if isinstance(node, list) else node
+
     def settings(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+        return set_only({k: v for k, v in config.items() if k not in RUN_ONLY_KEYS})
 
     current = redacted(OmegaConf.to_container(cfg, resolve=True))
     if settings(record.get("config", {})) != settings(current):

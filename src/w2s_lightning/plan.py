@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from w2s_lightning import tasks
 from w2s_lightning.errors import W2SError
-from w2s_lightning.methods import StageRequest
+from w2s_lightning.methods import StageRequest, epochs_of, finetune_of
 from w2s_lightning.preflight import preflight
 from w2s_lightning.runner import StageRunner
 from w2s_lightning.stage_key import task_settings
@@ -201,6 +201,8 @@ class Planner:
     def token_lengths(self, runner: StageRunner, model_cfg: DictConfig) -> dict[str, np.ndarray]:
         """Tokens per row of every split under the model's tokenizer, both texts of a pair."""
         key = (runner.data_key, model_cfg.path, model_cfg.max_length)
+        if key not in self.lengths and model_cfg.get("image_size"):  # images: one unit of work per row
+            self.lengths[key] = {name: np.ones(len(rows), dtype=int) for name, rows in runner.splits.items()}
         if key not in self.lengths:
             _, tokenized = runner.tokenized(model_cfg)
             self.lengths[key] = {
@@ -215,7 +217,7 @@ class Planner:
     def seconds(self, cfg: DictConfig, runner: StageRunner, request: StageRequest, speeds: Speeds) -> float:
         if request.kind == "relabel":  # arithmetic on labels, or a probe fitted on cached features
             return 0.0
-        if request.kind == "classifier" and cfg.finetune.name == "probe":
+        if request.kind == "classifier" and finetune_of(cfg, request.model).name == "probe":
             return PROBE_HEAD_S
         lengths = self.token_lengths(runner, request.model)
         rate = {}
@@ -227,7 +229,7 @@ class Planner:
         if request.kind == "generative":
             text = int(lengths["train_a"].sum() + lengths["train_b"].sum())
             return STAGE_OVERHEAD_S + request.options["epochs"] * text / rate["train"]
-        epochs = cfg.finetune.epochs or cfg.train.epochs
+        epochs = epochs_of(cfg, request.model)
         rows = request.rows.indices(len(lengths[request.rows.split]))
         trained = epochs * int(lengths[request.rows.split][rows.start : rows.stop].sum())
         validated = round(epochs / cfg.select.val_every) * int(lengths["val"].sum())

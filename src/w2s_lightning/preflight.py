@@ -37,7 +37,9 @@ def device_memory(cfg: DictConfig) -> tuple[int, str]:
 
 
 def trains_every_weight(cfg: DictConfig, request: methods.StageRequest) -> bool:
-    return request.kind == "generative" or (request.kind == "classifier" and cfg.finetune.name == "full")
+    return request.kind == "generative" or (
+        request.kind == "classifier" and methods.finetune_of(cfg, request.model).name == "full"
+    )
 
 
 def check_memory(cfg: DictConfig, model_cfg: DictConfig, role: str) -> None:
@@ -102,7 +104,8 @@ def check_config(cfg: DictConfig, requests: list[methods.StageRequest] | None = 
         model_cfg = request.model
         accumulation(cfg, model_cfg)
         check_pooling(model_cfg.pooling)
-        lr = cfg.finetune.lr or model_cfg.lr
+        check_modality(cfg, request)
+        lr = methods.finetune_of(cfg, model_cfg).lr or model_cfg.lr
         if request.kind == "classifier" and lr <= 0:
             raise ConfigError(
                 f"model '{model_cfg.name}': learning rate {lr:g} (finetune.lr, else {model_cfg.name}.lr) "
@@ -122,6 +125,11 @@ def check_config(cfg: DictConfig, requests: list[methods.StageRequest] | None = 
             f"train.epochs={cfg.finetune.epochs or cfg.train.epochs} (finetune.epochs, else train.epochs) "
             "trains nothing; use 1 or more (the paper: 2)."
         )
+    for model_cfg in {r.model.name: r.model for r in requests if r.model is not None}.values():
+        if model_cfg.epochs is not None and model_cfg.epochs < 1:
+            raise ConfigError(
+                f"{model_cfg.name}.epochs={model_cfg.epochs} trains nothing; use 1 or more, or null for train.epochs."
+            )
     if cfg.train.head_lr is not None and cfg.train.head_lr <= 0:
         raise ConfigError(f"train.head_lr={cfg.train.head_lr} must be positive, or null for the model's lr.")
     if cfg.method.get("rungs") and BOOTSTRAP not in {r.role for r in requests}:
@@ -140,6 +148,23 @@ def check_config(cfg: DictConfig, requests: list[methods.StageRequest] | None = 
     for request in (r for r in requests if trains_every_weight(cfg, r)):  # once the device is known to exist
         check_memory(cfg, request.model, request.role)
     return requests
+
+
+def check_modality(cfg: DictConfig, request: methods.StageRequest) -> None:
+    """An image task needs image models (``image_size`` set) and a text task text models; an
+    image model has no LoRA targets and no generative objective."""
+    model_cfg, images = request.model, bool(cfg.task.image_dir)
+    if bool(model_cfg.image_size) != images:
+        reads, task_holds = ("images", "texts") if model_cfg.image_size else ("texts", "images")
+        raise ConfigError(
+            f"model '{model_cfg.name}' reads {reads}, but task={cfg.task.name} holds {task_holds}; "
+            f"use {'an image model (small_cnn, efficientnet_lite0)' if images else 'a text model'} for {request.role}."
+        )
+    if images and (methods.finetune_of(cfg, model_cfg).name == "lora" or request.kind == "generative"):
+        what = "finetune=lora" if cfg.finetune.name == "lora" else f"method={cfg.method.name} (generative fine-tuning)"
+        raise ConfigError(
+            f"{what} is for text models; task={cfg.task.name} is an image task: use finetune=full or finetune=probe."
+        )
 
 
 def skip_reason(cfg: DictConfig, sweep: bool = True) -> str | None:

@@ -22,7 +22,8 @@ from w2s_lightning.roles import BOOTSTRAP, CEILING, TRANSFER, WEAK, display_orde
 
 # Top-level config keys that change where and how a run reports, never its results: a rerun
 # that differs only in them is the same run (pipeline.reuse_results, the report's duplicates).
-RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results")
+# cpu_kernel_cache: the memory oneDNN keeps for compiled kernels, never a result (memory.py).
+RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results", "cpu_kernel_cache")
 
 # What the W&B summary run holds per stage (``<role>/<field>``): what the report reads back,
 # the stage's model included (a bootstrapping rung is neither the weak nor the strong model).

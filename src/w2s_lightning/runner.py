@@ -31,10 +31,10 @@ from safetensors.torch import save_file
 
 from w2s_lightning import generative, parallel, stage_key, tracking
 from w2s_lightning.cache import StageCache
-from w2s_lightning.data import FeatureDataModule, TaskDataModule, tokenize
+from w2s_lightning.data import FeatureDataModule, ImageDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.memory import drop_optimizer_state, limit_kernel_cache, release_memory
-from w2s_lightning.methods import LABELLER, StageRequest
+from w2s_lightning.methods import LABELLER, StageRequest, epochs_of, finetune_of
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
 from w2s_lightning.module import FeatureModule, W2SModule
@@ -145,7 +145,7 @@ class StageRunner:
         ``finetune=probe``, and the model's of a relabelling that names one (relabel.py)."""
         if request.kind == "relabel" and request.model is not None:
             splits = request.predicts
-        elif request.kind == "classifier" and self.cfg.finetune.name == "probe":
+        elif request.kind == "classifier" and finetune_of(self.cfg, request.model).name == "probe":
             splits = ("train_a", *LABELLER)
         else:
             return []
@@ -268,8 +268,9 @@ class StageRunner:
             module.loss.fit_to_labels(targets[TRAINING])
         logger = tracking.stage_logger(cfg, request.role, model_cfg.name)
         resume = ResumePoint(progress, cfg.train.checkpoint_every)
-        epochs = cfg.finetune.epochs or cfg.train.epochs
-        trainer = self.trainer(model_cfg, epochs, out, logger, student=supervisor is not None, resume=resume)
+        trainer = self.trainer(
+            model_cfg, epochs_of(cfg, model_cfg), out, logger, student=supervisor is not None, resume=resume
+        )
         with tracking.finished_when_done(logger):
             with exit_on_sigterm():
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.start_from(), weights_only=True)
@@ -298,13 +299,14 @@ class StageRunner:
         """The classifier to train (a linear probe on ``features``, else the model from its weights
         or ``init``'s), wrapped with the request's loss and the recipe's optimiser settings."""
         cfg, model_cfg = self.cfg, request.model
+        finetune = finetune_of(cfg, model_cfg)
         if features is not None:
             classifier = LinearProbe(features["train_a"].shape[1])
         else:
             classifier = load_classifier(
                 self.weights(model_cfg, init),
                 cfg.paths.zoo_dir,
-                cfg.finetune,
+                finetune,
                 seed=cfg.seed,
                 dropout=cfg.train.dropout,
                 pairwise=cfg.task.pairwise,
@@ -314,7 +316,7 @@ class StageRunner:
         return W2SModule(
             classifier,
             hydra.utils.instantiate(request.loss.fn),
-            lr=cfg.finetune.lr or model_cfg.lr,
+            lr=finetune.lr or model_cfg.lr,
             head_lr=cfg.train.head_lr,
             weight_decay=cfg.train.weight_decay,
             lr_scheduler=cfg.train.lr_scheduler,
@@ -425,8 +427,8 @@ class StageRunner:
         targets: dict[str, torch.Tensor],
         features: dict[str, torch.Tensor] | None,
     ) -> TaskDataModule:
-        """The request's ``kept`` rows and the splits it predicts, as cached features (probes) or
-        tokenised for its model, with ``targets`` in place of the ground truth."""
+        """The request's ``kept`` rows and the splits it predicts, as cached features (probes),
+        images, or tokenised for its model, with ``targets`` in place of the ground truth."""
         model_cfg = request.model
         common = dict(
             train_split=TRAINING,
@@ -439,6 +441,8 @@ class StageRunner:
         )
         if features is not None:
             return FeatureDataModule(self.with_rows(request, kept, self.splits), features, **common)
+        if self.cfg.task.image_dir:
+            return ImageDataModule(self.with_rows(request, kept, self.splits), **common)
         tokenizer, splits = self.tokenized(model_cfg)
         return TaskDataModule(
             self.with_rows(request, kept, splits),

@@ -1,4 +1,5 @@
-"""How fast a stage trains and predicts: examples, real and padded tokens per second.
+"""How fast a stage trains and predicts: examples, real and padded tokens per second (an image
+counts as one token).
 
 Every stage's ``metrics.json`` holds these figures, and ``scripts/benchmark.py`` reads them.
 Training time runs from the first training batch to the end of the last epoch, without the
@@ -33,6 +34,8 @@ class Throughput(pl.Callback):
 
     def _count(self, phase: str, batch: dict[str, torch.Tensor]) -> None:
         counts, mask = self.counts[phase], batch.get("attention_mask")
+        if "image" in batch:  # an image counts as one token: the plan's rate per unit of work
+            mask = torch.ones(len(batch["image"]), 1)
         if mask is None:  # probes train on features, which have no tokens
             counts["examples"] += len(batch["label"])
             return

