@@ -24,7 +24,7 @@ COMPANIONS = {
     **{
         f"model@{role}={name}": ["task=fashion_mnist", "model@weak=small_cnn", "model@strong=efficientnet_lite0"]
         for role in ("weak", "strong")
-        for name in ("small_cnn", "efficientnet_lite0")
+        for name in ("small_cnn", "efficientnet_lite0", "efficientnet_lite1")
     },
 }
 # Groups chosen through a package (model@weak) or added on top (budget): how to select an option.
