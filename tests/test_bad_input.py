@@ -274,6 +274,11 @@ ELSEWHERE = {
         "tests/test_task_suite.py::test_a_file_without_the_columns_its_task_reads_is_named"
     ),
     "a `hidden_layer` the model does not have": "tests/test_models.py::test_hidden_layer_reads_the_layer_it_names",
+    "an image model on a text task, or the reverse": "tests/test_vision.py::test_a_text_task_refuses_an_image_model",
+    "LoRA, generative fine-tuning or an unknown scratch model on images": (
+        "tests/test_vision.py::test_an_image_model_and_a_text_task_do_not_mix"
+    ),
+    "an image task without its idx files": "tests/test_vision.py::test_a_missing_image_folder_names_the_install",
 }
 
 
