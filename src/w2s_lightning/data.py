@@ -321,7 +321,9 @@ class ImageDataModule(TaskDataModule):
         return [1] * len(self.prepared[name])  # images of one size: nothing to bucket
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return {"image": torch.from_numpy(np.stack([r["image"] for r in rows])), **self._labels(rows)}
+        # datasets hands Array2D rows to numpy as int64; they are stored (and sent) as uint8
+        images = np.stack([r["image"] for r in rows]).astype(np.uint8)
+        return {"image": torch.from_numpy(images), **self._labels(rows)}
 
 
 class FeatureDataModule(TaskDataModule):

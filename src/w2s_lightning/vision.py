@@ -74,6 +74,11 @@ def load_idx_split(task: DictConfig, split: str) -> datasets.Dataset:
     images, classes = read_idx(idx_file(folder, split, "images-idx3")), read_idx(idx_file(folder, split, "labels-idx1"))
     if len(images) != len(classes):
         raise DataError(f"{folder}: {len(images)} images but {len(classes)} labels in split {split}.")
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataError(
+            f"{folder}: split {split} holds {images.dtype} images of shape {images.shape[1:]}; "
+            "image tasks read 8-bit grey images (N x H x W), as MNIST's idx files hold them."
+        )
     named = [*task.positive_classes, *task.negative_classes]
     keep = np.isin(classes, named)
     features = datasets.Features(
