@@ -19,6 +19,7 @@ from w2s_lightning.errors import ConfigError
 COMPANIONS = {
     "method/rungs=minilm_l6": ["method=bootstrap"],
     "method/rungs=mpnet_base": ["method=bootstrap"],
+    "method/rungs=gemma3_270m": ["method=bootstrap"],
     # The image task and models go together (preflight refuses an image model on a text task).
     "task=fashion_mnist": ["model@weak=small_cnn", "model@strong=efficientnet_lite0"],
     **{
