@@ -207,7 +207,7 @@ PRETRAINED = {"efficientnet_lite": EfficientNetLite.from_state_dict}
 
 class ImageClassifier(nn.Module):
     """Image backbone -> pooled features -> a zero-initialised linear head with two logits, as
-    ``models.Classifier`` for texts. Takes uint8 images (B, H, W) or (B, H, W, C)."""
+    ``models.Classifier`` for texts. Takes uint8 grey images (B, H, W)."""
 
     def __init__(self, backbone: nn.Module, image_size: int):
         super().__init__()
@@ -216,11 +216,10 @@ class ImageClassifier(nn.Module):
         nn.init.zeros_(self.head.weight)
 
     def prepared(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.float().div(127.5).sub(1.0)  # [-1, 1], as EfficientNet-Lite was trained
-        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        x = image.float().div(127.5).sub(1.0).unsqueeze(1)  # [-1, 1], as EfficientNet-Lite was trained
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return x.expand(-1, self.backbone.in_channels, -1, -1) if x.shape[1] == 1 else x
+        return x.expand(-1, self.backbone.in_channels, -1, -1)  # grey copied to each channel the backbone reads
 
     def pool(self, image: torch.Tensor) -> torch.Tensor:
         """The pooled features: what a linear probe trains on."""
