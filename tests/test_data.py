@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import datasets
 import torch
 
-from w2s_lightning.data import OptimizerSteps, TaskDataModule, length_bucketed, shuffled
+from w2s_lightning.data import OptimizerSteps, TaskDataModule, length_bucketed, shuffled, tokenize
 
 
 def padded(batches, lengths) -> int:
@@ -100,3 +100,20 @@ def test_each_epochs_order_depends_on_the_seed_and_the_epoch_alone():
                 assert list(resumed) == epochs[1]
         other_seed = OptimizerSteps(shuffled(rows, 2), per_step=2, seed=4)
         assert list(other_seed) != epochs[0]
+
+
+def test_a_tokenised_split_is_fingerprinted_by_what_decides_its_tokens(tiny_bert):
+    """The map's fingerprint (under which ``datasets`` caches its output) comes from the
+    tokenizer's definition and settings, not from pickling it: equal for an equal tokenizer,
+    different when the tokens would differ."""
+    from transformers import AutoTokenizer
+
+    rows = datasets.Dataset.from_dict({"text": ["a short one", "a somewhat longer text to cut"], "label": [0, 1]})
+    first, again = AutoTokenizer.from_pretrained(tiny_bert), AutoTokenizer.from_pretrained(tiny_bert)
+    left = AutoTokenizer.from_pretrained(tiny_bert, truncation_side="left")
+    tokenised = tokenize(rows, first, 4)
+    assert tokenised._fingerprint == tokenize(rows, again, 4)._fingerprint
+    assert tokenised["input_ids"] == tokenize(rows, again, 4)["input_ids"]
+    assert tokenize(rows, left, 4)._fingerprint != tokenised._fingerprint  # another side is cut
+    assert tokenize(rows, left, 4)["input_ids"][1] != tokenised["input_ids"][1]
+    assert tokenize(rows, first, 5)._fingerprint != tokenised._fingerprint

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional.classification import binary_accuracy, binary_auroc, multiclass_calibration_error
 
 
 def evaluate(p1: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -15,6 +14,9 @@ def evaluate(p1: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     in the predicted class), not the reliability of P(label=1) alone. The margin, the mean
     |p - 0.5|, says how far from a coin flip the predictions sit: near 0, a stage barely
     moved from its zero-initialised head, whatever its accuracy."""
+    # Imported here: torchmetrics takes 2.5 s to import, and the report reads only pgr and gap_noise.
+    from torchmetrics.functional.classification import binary_accuracy, binary_auroc, multiclass_calibration_error
+
     labels = labels.long()
     return {
         "acc": binary_accuracy(p1, labels).item(),
