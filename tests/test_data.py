@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import datasets
 import torch
 
-from w2s_lightning.data import OptimizerSteps, TaskDataModule, length_bucketed, shuffled, tokenize
+from w2s_lightning.data import OptimizerSteps, TaskDataModule, by_tokens, length_bucketed, shuffled, tokenize
 
 
 def padded(batches, lengths) -> int:
@@ -28,7 +28,7 @@ def test_length_buckets_cover_every_row_once_with_less_padding():
 class Lengths(TaskDataModule):
     """A datamodule whose rows have the given token lengths (nothing to tokenise)."""
 
-    def __init__(self, lengths):
+    def __init__(self, lengths, **settings):
         super().__init__(
             splits=None,
             tokenizer=None,
@@ -36,6 +36,7 @@ class Lengths(TaskDataModule):
             predict_splits=["test"],
             minibatch_size=2,
             eval_batch_size=2,
+            **settings,
         )
         self.prepared = {"test": datasets.Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})}
 
@@ -78,6 +79,46 @@ def test_ranks_share_each_optimizer_step_as_one_device_takes_it_and_train_every_
     assert [s[1]["stand_ins"] for s in by_rank] == [0, 1]  # a stand-in where the last step does not divide
     rows = [i for s in by_rank for step in s for b in step["micro_batches"][: 2 - step["stand_ins"]] for i in b]
     assert sorted(rows) == list(range(13))  # every row once in the epoch: none repeated
+
+
+def test_a_token_budget_cuts_the_same_steps_into_micro_batches_of_similar_length():
+    lengths = torch.randint(1, 80, (203,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = by_tokens(list(range(203)), lengths, budget=256)
+    assert sorted(i for b in batches for i in b) == list(range(203))
+    assert all(len(b) * max(lengths[i] for i in b) <= 256 or len(b) == 1 for b in batches)
+    assert len(batches[-1]) > len(batches[0])  # short rows share a batch, long ones do not
+    assert by_tokens([5], lengths, budget=1) == [[5]]  # a row longer than the budget still runs
+
+    # Steps of 4 micro-batches of 8 rows: the same 32 rows a step with and without the budget,
+    # only cut differently; each micro-batch weighs its rows' share of the step.
+    def steps(**recut):
+        return list(OptimizerSteps(length_bucketed(lengths, 8, 4), per_step=4, seed=0, **recut))
+
+    by_rows, budgeted = steps(), steps(recut=lambda rows: by_tokens(rows, lengths, 256))
+    assert [sorted(sum(s["micro_batches"], [])) for s in budgeted] == [
+        sorted(sum(s["micro_batches"], [])) for s in by_rows
+    ]
+    assert {len(s["micro_batches"]) for s in budgeted} != {4}
+    assert padded([b for s in budgeted for b in s["micro_batches"]], lengths) <= 256 * sum(
+        len(s["micro_batches"]) for s in budgeted
+    )
+
+
+def test_prediction_batches_by_tokens_cover_every_row_once_in_as_many_batches_on_every_rank():
+    lengths = [3, 9, 1, 5, 7, 2, 2, 8, 1]
+    for world in (1, 2):
+        loaders = []
+        for rank in range(world):
+            datamodule = Lengths(lengths, eval_batch_tokens=12)
+            datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+            loaders.append(list(datamodule.predict_dataloader()[0].batch_sampler))
+        assert len({len(batches) for batches in loaders}) == 1  # lockstep: one batch count
+        rows = [i for batches in loaders for b in batches for i in b if i < len(lengths)]
+        assert sorted(rows) == list(range(len(lengths)))
+        for batches in loaders:
+            assert all(len(b) * max(lengths[i % len(lengths)] for i in b) <= 12 or len(b) == 1 for b in batches)
+        if world == 1:  # lengths 9, 8, 7 alone; 5 and 3; 2, 2, 1 and 1 in one batch
+            assert [len(b) for b in loaders[0]] == [1, 1, 1, 2, 4]
 
 
 def test_each_epochs_order_depends_on_the_seed_and_the_epoch_alone():

@@ -11,7 +11,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from w2s_lightning import pipeline
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.memory import KERNEL_CACHE, drop_optimizer_state, limit_kernel_cache
 from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, adamw_schedule
@@ -126,6 +128,28 @@ def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
 
     rows = table([run("reference train_model (fp32)", 4.0, 10.0), run("project", 6.0, 25.0)]).splitlines()
     assert "| 1.00x |" in rows[2] and "| 1.50x |" in rows[3] and "| 2.50x |" in rows[3]
+
+
+@pytest.mark.slow
+def test_batches_cut_by_tokens_train_and_predict_what_batches_cut_by_rows_do(make_cfg, tiny_overrides, tmp_path):
+    """A token budget cuts each optimizer step's rows (and each prediction batch) anew: the
+    steps, and so the updates, are the same; only float sums are ordered otherwise."""
+    by_rows = pipeline.run(make_cfg(*tiny_overrides, f"paths.output_dir={tmp_path / 'rows'}"))
+    budgets = [
+        f"{model}.{key}" for model in ("weak", "strong") for key in ("minibatch_tokens=160", "eval_batch_tokens=400")
+    ]
+    by_tokens = pipeline.run(make_cfg(*tiny_overrides, *budgets, f"paths.output_dir={tmp_path / 'tokens'}"))
+    worst = 0.0
+    for role in ("weak", "ceiling", "transfer"):
+        assert by_tokens["stages"][role]["key"] != by_rows["stages"][role]["key"]  # the budget is in the key
+        rows, tokens = (
+            load_file(f"{run['stages'][role]['path']}/predictions.safetensors") for run in (by_rows, by_tokens)
+        )
+        worst = max(worst, *((rows[split] - tokens[split]).abs().max().item() for split in rows))
+    print(f"largest difference in P(label=1), batches by tokens against by rows: {worst:.2e}")
+    for phase in ("train", "predict"):  # the budget did cut: rows of similar length, less padding
+        assert by_tokens["stages"]["ceiling"][f"{phase}_padding"] < by_rows["stages"]["ceiling"][f"{phase}_padding"]
+    assert worst < 1e-5  # float32 rounding grown over a few dozen steps, as across DDP ranks (test_parallel.py)
 
 
 @pytest.mark.slow

@@ -33,6 +33,11 @@ class ModelConfig:
     epochs: int | None = None  # passes over its training rows; null = train.epochs (a model from scratch needs more)
     minibatch_size: int = 32  # micro-batch; train.batch_size / minibatch_size = gradient accumulation
     eval_batch_size: int = 64
+    # Cut by padded tokens instead (rows x the batch's longest row): each optimizer step's rows
+    # sorted by length and cut into micro-batches of at most minibatch_tokens (the steps stay
+    # train.batch_size rows); prediction batches of at most eval_batch_tokens. null = by rows.
+    minibatch_tokens: int | None = None
+    eval_batch_tokens: int | None = None
     max_length: int = 1024  # longer texts are cut on the left (the question/answer sits at the end)
     image_size: int | None = None  # an image model (vision.py): the side images are resized to; null = a text model
     dtype: str | None = None  # null = float32 weights (mixed precision comes from trainer.precision)

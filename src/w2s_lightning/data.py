@@ -8,6 +8,7 @@ DataModule.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import datasets
@@ -50,6 +51,20 @@ def length_bucketed(lengths: list[int], minibatch_size: int, buckets: int) -> Ep
     return draw
 
 
+def by_tokens(rows: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """``rows`` cut into batches of similar length, longest first, each as many rows as fit
+    ``budget`` padded tokens (rows x its longest row; always at least one row): short rows
+    share a batch that long rows would overflow."""
+    order = sorted(rows, key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of one epoch's order: a function of the seed and the epoch alone, so that
     a resumed fit draws the order an uninterrupted one would, wherever it stopped."""
@@ -68,10 +83,21 @@ class OptimizerSteps(Sampler[dict]):
     on all ranks.
 
     The order is drawn per epoch from ``epoch_generator`` (Lightning calls ``set_epoch``);
-    ``resume`` skips the steps an interrupted fit had done in that epoch."""
+    ``resume`` skips the steps an interrupted fit had done in that epoch. ``recut``, where
+    given, cuts each step's rows into micro-batches anew (``by_tokens``): the steps, and so
+    every update, stay the same."""
 
-    def __init__(self, draw: EpochDraw, per_step: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        draw: EpochDraw,
+        per_step: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        recut: Callable[[list[int]], list[list[int]]] | None = None,
+    ):
         self.draw, self.per_step, self.seed, self.rank, self.world = draw, per_step, seed, rank, world
+        self.recut = recut
         self.micro_batches = len(draw(torch.Generator()))
         self.epoch = 0
         self.resume_at: tuple[int, int] | None = None
@@ -91,6 +117,8 @@ class OptimizerSteps(Sampler[dict]):
         self.resume_at = None
         for start in range(done * self.per_step, len(batches), self.per_step):
             step = batches[start : start + self.per_step]
+            if self.recut:
+                step = self.recut([i for batch in step for i in batch])
             mine = step[self.rank :: self.world]
             stand_ins = -(-len(step) // self.world) - len(mine)
             yield {"micro_batches": mine + step[:1] * stand_ins, "stand_ins": stand_ins, "rows": sum(map(len, step))}
@@ -186,6 +214,19 @@ class WithCopies(torch.utils.data.Dataset):
         return {**self.rows[index % len(self.rows)], "real": index < len(self.rows)}
 
 
+class Batches(Sampler[list[int]]):
+    """Batches fixed in advance, as a batch sampler (Lightning wraps one to record its indices)."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class TaskDataModule(pl.LightningDataModule):
     """Batches of ``input_ids``, ``attention_mask``, ``target`` (P(label=1)) and ``label`` (GT),
     from splits already tokenised by ``tokenize`` (once per tokenizer, for every stage).
@@ -194,7 +235,9 @@ class TaskDataModule(pl.LightningDataModule):
     train split and ``val`` under a weak supervisor); splits not in it use their ground
     truth. ``predict_dataloader`` yields one loader per name in ``predict_splits``. Training
     takes optimizer steps of ``per_step`` micro-batches of ``minibatch_size`` rows (on one
-    device; ranks share them, ``OptimizerSteps``).
+    device; ranks share them, ``OptimizerSteps``). With ``minibatch_tokens`` each step's rows
+    are cut by padded tokens instead (``by_tokens``), and with ``eval_batch_tokens`` the
+    prediction batches too.
     """
 
     def __init__(
@@ -209,10 +252,13 @@ class TaskDataModule(pl.LightningDataModule):
         seed: int = 0,
         per_step: int = 1,
         length_buckets: int | None = None,
+        minibatch_tokens: int | None = None,
+        eval_batch_tokens: int | None = None,
     ):
         super().__init__()
         self.seed = seed
         self.length_buckets = length_buckets
+        self.minibatch_tokens, self.eval_batch_tokens = minibatch_tokens, eval_batch_tokens
         self.splits = splits
         self.tokenizer = tokenizer
         self.train_split = train_split
@@ -302,12 +348,18 @@ class TaskDataModule(pl.LightningDataModule):
         rank, world = self.ranks()
         rows = self.rows_of_rank(name, rank, world)
         padding = [len(self.prepared[name]) + i for i in range(-(-len(self.prepared[name]) // world) - len(rows))]
-        return DataLoader(
-            WithCopies(self.prepared[name]),
-            batch_size=self.eval_batch_size,
-            sampler=rows + padding,
-            collate_fn=self.collate,
-        )
+        order = rows + padding
+        if not self.eval_batch_tokens:
+            return DataLoader(
+                WithCopies(self.prepared[name]), batch_size=self.eval_batch_size, sampler=order, collate_fn=self.collate
+            )
+        # Batch sizes cut on rank 0's rows (each the longest of its group of ``world``), the same
+        # on every rank: as many batches everywhere, none over the budget.
+        lengths = self.lengths(name)
+        first = [lengths[i] for i in self.rows_of_rank(name, 0, world)]  # longest first
+        starts = np.cumsum([0, *map(len, by_tokens(list(range(len(first))), first, self.eval_batch_tokens))]).tolist()
+        batches = Batches([order[a:b] for a, b in zip(starts, starts[1:], strict=False)])
+        return DataLoader(WithCopies(self.prepared[name]), batch_sampler=batches, collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
         rows = self.prepared[self.train_split]
@@ -315,7 +367,11 @@ class TaskDataModule(pl.LightningDataModule):
             draw = length_bucketed(self.lengths(self.train_split), self.minibatch_size, self.length_buckets)
         else:
             draw = shuffled(len(rows), self.minibatch_size)
-        return step_loader(rows, self.collate, OptimizerSteps(draw, self.per_step, self.seed, *self.ranks()))
+        recut = None
+        if self.minibatch_tokens:
+            recut = functools.partial(by_tokens, lengths=self.lengths(self.train_split), budget=self.minibatch_tokens)
+        steps = OptimizerSteps(draw, self.per_step, self.seed, *self.ranks(), recut=recut)
+        return step_loader(rows, self.collate, steps)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader("val")] if len(self.splits["val"]) else []

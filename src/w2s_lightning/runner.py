@@ -448,6 +448,8 @@ class StageRunner:
             self.with_rows(request, kept, splits),
             tokenizer,
             length_buckets=self.cfg.train.length_buckets,
+            minibatch_tokens=model_cfg.minibatch_tokens,
+            eval_batch_tokens=model_cfg.eval_batch_tokens,
             **common,
         )
 

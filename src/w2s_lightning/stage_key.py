@@ -42,7 +42,16 @@ GROUND_TRUTH = "ground_truth"
 DISPLAY_ONLY_TRAINER_KEYS = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar")
 DISPLAY_ONLY_MODEL_KEYS = ("about",)
 # Model fields a frozen forward pass never reads: how the model would train, its size, its family.
-TRAINING_ONLY_MODEL_KEYS = ("lr", "epochs", "minibatch_size", "params", "gradient_checkpointing", "objective", "family")
+TRAINING_ONLY_MODEL_KEYS = (
+    "lr",
+    "epochs",
+    "minibatch_size",
+    "minibatch_tokens",
+    "params",
+    "gradient_checkpointing",
+    "objective",
+    "family",
+)
 # Task fields that describe or check the data, never change the rows (those are in the fingerprint).
 DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
 # Training settings that change how a stage runs, not what it ends with: checkpoints, and
