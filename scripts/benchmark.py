@@ -48,8 +48,8 @@ LEVERS = {
     "predict micro-batch 8": ["weak.eval_batch_size=8"],
     "predict micro-batch 128": ["weak.eval_batch_size=128"],
     "train micro-batch 32 (no accumulation)": ["weak.minibatch_size=32"],
-    "train micro-batches by tokens (1,024)": ["weak.minibatch_tokens=1024"],
-    "predict batches by tokens (8,192)": ["weak.eval_batch_tokens=8192"],
+    "train micro-batches by tokens (256)": ["weak.minibatch_tokens=256"],
+    "predict batches by tokens (1,024)": ["weak.eval_batch_tokens=1024"],
     "torch.compile": ["train.compile=true"],
     "eager attention (not SDPA)": ["weak.attn_implementation=eager"],
 }
