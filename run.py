@@ -8,6 +8,7 @@ python run.py command=plan -m task=sciq,boolq   # the jobs, the stages each trai
 python run.py command=report                    # PGR tables and figures of the newest multirun
 """
 
+import contextlib
 import importlib
 import sys
 
@@ -31,11 +32,13 @@ def main(cfg: DictConfig) -> None:
             raise ConfigError(f"command={cfg.command} is unknown; use one of: {', '.join(COMMANDS)}.")
         command = importlib.import_module(COMMANDS[cfg.command])
         console.route_third_party_output()  # after the imports: Lightning sets up its loggers when imported
+        guard = contextlib.nullcontext()
         if "Joblib" in HydraConfig.get().launcher.get("_target_", ""):  # a local_parallel job: end with the sweep
             from w2s_lightning.parallel import OrphanGuard
 
-            OrphanGuard.start_once()
-        command.run(cfg)
+            guard = OrphanGuard.guarding()
+        with guard:
+            command.run(cfg)
     except W2SError as err:
         # A clear one-line error instead of a traceback: it names the problem and the fix.
         print(f"error: {err}", file=sys.stderr)

@@ -306,24 +306,36 @@ class OrphanGuard(threading.Thread):
     """Ends a local sweep job (a joblib worker, ``hydra/launcher=local_parallel``) when the sweep's
     process dies: the workers outlive a killed parent and would go on training. On the parent's
     death this process gets SIGTERM, which a training stage answers by saving an in-progress
-    checkpoint (resume.py) and exiting; SIGKILL follows if it is still alive ``grace`` seconds later."""
+    checkpoint (resume.py) and ending its job; SIGKILL follows if it is still alive ``grace``
+    seconds later."""
 
     started = False  # one guard per worker process: a worker runs job after job
+    fired = threading.Event()  # the parent is gone
 
     def __init__(self, grace: float = 30.0):
         super().__init__(daemon=True, name="w2s-orphan-guard")
         self.parent, self.grace = os.getppid(), grace
 
     @classmethod
-    def start_once(cls) -> None:
+    @contextlib.contextmanager
+    def guarding(cls):
+        """Runs a job under the guard. A job that answered the guard's SIGTERM returns to an idle
+        worker that no parent will send more work to: the process ends there, instead of waiting
+        out the grace for its SIGKILL."""
         if not cls.started:
             cls.started = True
             cls().start()
+        try:
+            yield
+        finally:
+            if cls.fired.is_set():
+                os._exit(128 + signal.SIGTERM)  # the job's own cleanup has run; the worker's is moot
 
     def run(self) -> None:
         while os.getppid() == self.parent:
             time.sleep(1.0)
         print(f"error: the sweep's process {self.parent} is gone; ending this job", file=sys.stderr, flush=True)
+        self.fired.set()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(self.grace)
         os.kill(os.getpid(), signal.SIGKILL)
