@@ -144,9 +144,9 @@ def test_each_epochs_order_depends_on_the_seed_and_the_epoch_alone():
 
 
 def test_a_tokenised_split_is_fingerprinted_by_what_decides_its_tokens(tiny_bert):
-    """The map's fingerprint (under which ``datasets`` caches its output across runs) follows
-    what decides the tokens: equal for an equal tokenizer, different when the tokens would
-    differ."""
+    """The map's fingerprint (under which ``datasets`` caches its output) comes from the
+    tokenizer's definition and settings, not from pickling it: equal for an equal tokenizer,
+    different when the tokens would differ."""
     from transformers import AutoTokenizer
 
     rows = datasets.Dataset.from_dict({"text": ["a short one", "a somewhat longer text to cut"], "label": [0, 1]})
