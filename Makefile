@@ -7,6 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 ARGS ?= experiment=quickstart
+# Tests run side by side in this many pytest-xdist workers: most of a test's time is one process
+# starting up or a tiny model training on one thread, so two workers use both cores of the
+# 2-core machines this project is measured on. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: install install-causal install-vision run test test-fast clean
 
@@ -36,13 +41,13 @@ run: install
 
 test: install
 	@start=$$(date +%s); \
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); fast=$$?; middle=$$(date +%s); \
-	$(PY) -m pytest -m slow $(PYTEST_ARGS); slow=$$?; end=$$(date +%s); \
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS); fast=$$?; middle=$$(date +%s); \
+	$(PYTEST) -m slow $(PYTEST_ARGS); slow=$$?; end=$$(date +%s); \
 	echo "make test: fast tier $$((middle - start)) s (exit $$fast), slow tier $$((end - middle)) s (exit $$slow)"; \
 	[ $$fast -eq 0 ] && [ $$slow -eq 0 ]
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf .cache outputs .pytest_cache

@@ -33,9 +33,14 @@ def data_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def zoo_dir(tmp_path_factory) -> Path:
-    """One zoo folder for the whole test session: each zoo model is built once."""
-    return tmp_path_factory.mktemp("zoo")
+def zoo_dir(tmp_path_factory, worker_id) -> Path:
+    """One zoo folder for the whole test session, shared by pytest-xdist's workers (a build
+    takes the zoo entry's lock, so each zoo model is built once)."""
+    if worker_id == "master":
+        return tmp_path_factory.mktemp("zoo")
+    shared = tmp_path_factory.getbasetemp().parent / "zoo"  # the run's folder, above each worker's
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture
