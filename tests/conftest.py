@@ -12,6 +12,12 @@ from pathlib import Path
 # which reads them once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Under pytest-xdist, each worker's torch (and every process it starts) takes its share of the
+# cores: one thread per core in each would oversubscribe them, and spinning threads cost more
+# CPU than they save (measured: 47 min of CPU time against 36 serially).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 import pytest
 from hydra import compose, initialize_config_dir
