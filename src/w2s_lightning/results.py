@@ -12,13 +12,14 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
 from w2s_lightning.cache import write_atomically
 from w2s_lightning.metrics import gap_noise, pgr, pgr_status
 from w2s_lightning.roles import BOOTSTRAP, CEILING, TRANSFER, WEAK, display_order
+
+if TYPE_CHECKING:
+    import torch
 
 # Top-level config keys that change where and how a run reports, never its results: a rerun
 # that differs only in them is the same run (pipeline.reuse_results, the report's duplicates).
@@ -46,6 +47,8 @@ class StageResult:
     def load(cls, role: str, model: str, folder: Path, reused: bool) -> StageResult:
         """A stage from its cache folder. Classifier stages hold predictions and metrics; a
         generative stage holds weights only."""
+        from safetensors.torch import load_file  # here: the report reads results.json and never imports torch
+
         metrics_file, predictions_file = folder / "metrics.json", folder / "predictions.safetensors"
         return cls(
             role=role,

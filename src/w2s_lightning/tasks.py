@@ -27,7 +27,6 @@ import datasets
 import numpy as np
 from omegaconf import DictConfig
 
-from w2s_lightning import vision
 from w2s_lightning.errors import ConfigError, DataError
 from w2s_lightning.formatters import FORMATTERS, LEFT_OUT
 
@@ -126,6 +125,8 @@ def _load_local_files(task: DictConfig, data_dir: str | None) -> tuple[datasets.
 def load_sources(task: DictConfig, data_dir: str | None) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Raw (train source, test source) rows for a task, from local files or the hub."""
     if task.image_dir:
+        from w2s_lightning import vision  # here: it imports torch and Lightning, which a plan does without
+
         return vision.load_sources(task)
     if task.formatter == "template":
         return _load_custom(task)
