@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # CI has no hub: fail fast instead of retrying. Set before anything imports huggingface_hub,
@@ -20,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -27,6 +30,20 @@ import w2s_lightning.config as w2s_config
 from w2s_lightning import zoo
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def pytest_collection_modifyitems(items):
+    """The README's page tests first, the pages with the most commands first: they are the
+    longest tests, and xdist's worksteal balances the workers best when they start early."""
+    from test_readme import commands_by_page
+
+    commands = {page: len(listed) for page, listed in commands_by_page().items()}
+
+    def page_commands(item) -> int:
+        callspec = getattr(item, "callspec", None)
+        return commands.get(callspec.params.get("page"), 0) if callspec else 0
+
+    items.sort(key=page_commands, reverse=True)  # a stable sort: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +55,35 @@ def data_dir() -> str:
     return found
 
 
+def run_folder(tmp_path_factory, worker_id: str, name: str) -> Path:
+    """A folder of this test run that pytest-xdist's workers share: in the run's folder, above
+    each worker's own."""
+    if worker_id == "master":
+        return tmp_path_factory.mktemp(name)
+    shared = tmp_path_factory.getbasetemp().parent / name
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+def built_once_per_run(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder that ``build(folder)`` fills, built once per test run. A module fixture alone is
+    built again by each xdist worker that runs one of the module's tests (worksteal splits a
+    module between them); here the first worker builds, and one that asks meanwhile waits."""
+    folder = run_folder(tmp_path_factory, worker_id, "built") / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed part way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def zoo_dir(tmp_path_factory, worker_id) -> Path:
     """One zoo folder for the whole test session, shared by pytest-xdist's workers (a build
     takes the zoo entry's lock, so each zoo model is built once)."""
-    if worker_id == "master":
-        return tmp_path_factory.mktemp("zoo")
-    shared = tmp_path_factory.getbasetemp().parent / "zoo"  # the run's folder, above each worker's
-    shared.mkdir(exist_ok=True)
-    return shared
+    return run_folder(tmp_path_factory, worker_id, "zoo")
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ SWEEP_CUTS = {
     "experiment=vision_cpu": "loss=xent seed=0 strong.image_size=32",  # 32 pixels: 49x cheaper than 224
     "experiment=chess_causal": "loss=xent seed=0",
 }
+# Appended to runs whose texts are long: reward modelling's dialogues cut to 32 tokens, not 96.
+LENGTH_CUTS = {"experiment=reward_cpu": "weak.max_length=32 strong.max_length=32"}
 # The smallest zoo model that serves as a strong one: appended to commands that do not name theirs,
 # except the presets whose student is small already (an image model: a text one would be refused).
 SMALL_STRONG = "'model@strong=minilm_l6'"
@@ -135,6 +137,7 @@ def test_every_readme_command_runs_as_written(page, tmp_path, zoo_dir):
         appended = []
         if command.startswith("python run.py") and "command=report" not in command:
             appended = [f"paths.zoo_dir={zoo_dir}", SIZES]  # the test session's zoo, built once
+            appended += [cut for key, cut in LENGTH_CUTS.items() if key in command]
             if " -m " in command:
                 appended += [cut for key, cut in SWEEP_CUTS.items() if key in command]
             if "model@strong" not in " ".join([command, *appended]) and not any(p in command for p in OWN_STRONG):

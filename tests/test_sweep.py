@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, read_wandb_run
+from conftest import CONF_DIR, built_once_per_run, read_wandb_run
 from hydra import compose, initialize_config_dir
 
 from w2s_lightning import parallel, report
@@ -87,21 +87,24 @@ def job_results(sweep_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ladder_sweep(tmp_path_factory, tiny_ladder_conf):
+def ladder_sweep(tmp_path_factory, worker_id, tiny_ladder_conf):
     """One real multirun: 3 models x 3 models x 2 losses, W&B offline."""
-    root = tmp_path_factory.mktemp("ladder")
-    sweep_dir = root / "sweep"
-    done = multirun(
-        tiny_ladder_conf,
-        sweep_dir,
-        root / "cache",
-        "model@weak=tiny_a,tiny_b,tiny_c",
-        "model@strong=tiny_a,tiny_b,tiny_c",
-        "loss=xent,aux_conf",
-        wandb_mode="offline",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return sweep_dir, done.stdout + done.stderr
+
+    def sweep(root: Path) -> None:
+        done = multirun(
+            tiny_ladder_conf,
+            root / "sweep",
+            root / "cache",
+            "model@weak=tiny_a,tiny_b,tiny_c",
+            "model@strong=tiny_a,tiny_b,tiny_c",
+            "loss=xent,aux_conf",
+            wandb_mode="offline",
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        (root / "sweep.log").write_text(done.stdout + done.stderr)
+
+    root = built_once_per_run(tmp_path_factory, worker_id, "ladder", sweep)
+    return root / "sweep", (root / "sweep.log").read_text()
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import saved
+from conftest import built_once_per_run, saved
 from safetensors.torch import load_file
 from test_sweep import multirun
 from test_task_suite import LOCAL, REWARD
@@ -20,31 +20,32 @@ TASKS = LOCAL + [t for t in REWARD if t != "hh_helpful"]
 
 
 @pytest.fixture(scope="module")
-def every_task(tmp_path_factory, tiny_bert, tiny_llama) -> dict[str, dict]:
-    root = tmp_path_factory.mktemp("every-task")
-    sweep_dir = root / "sweep"
-    # One optimizer step per stage; 64 tokens per text keeps MultiRC's and QuAIL's passages cheap.
-    done = multirun(
-        root,
-        sweep_dir,
-        root / "cache",
-        f"task={','.join(TASKS)}",
-        "task.n_train=64",
-        "task.n_val=16",
-        "task.n_test=32",
-        "train.batch_size=32",
-        f"weak.path={tiny_bert}",
-        "weak.name=tiny-bert",
-        f"strong.path={tiny_llama}",
-        "strong.name=tiny-llama",
-        "strong.pooling=last",
-        "strong.objective=causal_lm",
-        "weak.max_length=64",
-        "strong.max_length=64",
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
+def every_task(tmp_path_factory, worker_id, tiny_bert, tiny_llama) -> dict[str, dict]:
+    def sweep(root: Path) -> None:
+        # One optimizer step per stage; 64 tokens per text keeps MultiRC's and QuAIL's passages cheap.
+        done = multirun(
+            root,
+            root / "sweep",
+            root / "cache",
+            f"task={','.join(TASKS)}",
+            "task.n_train=64",
+            "task.n_val=16",
+            "task.n_test=32",
+            "train.batch_size=32",
+            f"weak.path={tiny_bert}",
+            "weak.name=tiny-bert",
+            f"strong.path={tiny_llama}",
+            "strong.name=tiny-llama",
+            "strong.pooling=last",
+            "strong.objective=causal_lm",
+            "weak.max_length=64",
+            "strong.max_length=64",
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    root = built_once_per_run(tmp_path_factory, worker_id, "every-task", sweep)
+    results = [json.loads(p.read_text()) for p in (root / "sweep").glob("*/results.json")]
     return {r["task"]: r for r in results}
 
 

@@ -122,6 +122,7 @@ def test_same_padding_is_tensorflows(size, stride, kernel, out):
     assert result[0, 0, -1, -1] == (kernel - (total - total // 2)) ** 2
 
 
+@pytest.mark.slow  # it trains three stages, the CNN for 20 epochs
 def test_a_small_cnn_supervises_a_probed_student_through_the_pipeline(make_cfg, image_dir, tiny_lite):
     cfg = make_cfg(*vision_overrides(image_dir, tiny_lite))
     record = pipeline.run(cfg)
