@@ -184,11 +184,16 @@ def test_paper_nlp_pairs_models_of_one_family_only():
         for name in ("paper_nlp", "paper_nlp_7b"):  # one GPU per job; the 7B students on 4
             preset = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
             params = preset.hydra.sweeper.params
-            for weak, strong in itertools.product(params["model@weak"].split(","), params["model@strong"].split(",")):
-                cfg = compose(
-                    config_name="config",
-                    overrides=[f"experiment={name}", f"model@weak={weak}", f"model@strong={strong}"],
-                )
+            # each side composed once per model, then paired: the two groups are independent
+            # (composing all 49 + 64 pairs took 17 s)
+            sides = {}
+            for side in ("weak", "strong"):
+                models = params[f"model@{side}"].split(",")
+                overrides = [[f"experiment={name}", f"model@{side}={model}"] for model in models]
+                sides[side] = [compose(config_name="config", overrides=each)[side] for each in overrides]
+            for weak, strong in itertools.product(sides["weak"], sides["strong"]):
+                cfg = preset.copy()
+                cfg.weak, cfg.strong = weak, strong
                 if preflight.skip_reason(cfg, sweep=True) is None:
                     run.append((cfg.weak.name, cfg.strong.name))
     assert len(run) == len(set(run)) == 12  # C(4,2) GPT-2 pairs + C(4,2) Qwen pairs, each once
