@@ -33,16 +33,17 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def pytest_collection_modifyitems(items):
-    """The README's command groups first, the largest first (most commands, then multiruns):
-    they are the longest tests, and xdist's worksteal balances the workers best when they start
-    early."""
+    """The README's page tests first, the pages with the most commands first: they are the
+    longest tests, and xdist's worksteal balances the workers best when they start early."""
+    from test_readme import commands_by_page
 
-    def size(item) -> tuple[int, int]:
+    commands = {page: len(listed) for page, listed in commands_by_page().items()}
+
+    def page_commands(item) -> int:
         callspec = getattr(item, "callspec", None)
-        commands = callspec.params.get("commands") if callspec else None
-        return (len(commands), " -m " in commands[0]) if commands else (0, False)
+        return commands.get(callspec.params.get("page"), 0) if callspec else 0
 
-    items.sort(key=size, reverse=True)  # a stable sort: the rest keep their order
+    items.sort(key=page_commands, reverse=True)  # a stable sort: the rest keep their order
 
 
 @pytest.fixture(scope="session")

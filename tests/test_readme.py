@@ -101,39 +101,6 @@ def commands_by_page() -> dict[str, list[str]]:
     return {page.name: [c for c, p in first_page.items() if p == page.name] for page in PAGES}
 
 
-def reads_results(command: str) -> bool:
-    """A report: it reads the newest multirun (or the committed results it names)."""
-    return "command=report" in command or "w2s_lightning.report" in command
-
-
-def command_groups() -> list[tuple[str, list[str]]]:
-    """Each page's commands cut into groups that run alone, each in its own folder. A report
-    joins the page's latest multirun (the one it reads), and a benchmark joins the command that
-    wrote the model folder it names. One test per group lets pytest-xdist balance the pages'
-    long runs across its workers."""
-    groups: list[tuple[str, list[str]]] = []
-    for page, commands in commands_by_page().items():
-        on_page: list[list[str]] = []
-        written: dict[str, list[str]] = {}  # a folder that a command writes -> its group
-        for command in commands:
-            words = command.split()
-            readers_of = [group for folder, group in written.items() if folder in words]
-            multiruns = [group for group in on_page if " -m " in group[0]]
-            if readers_of:
-                readers_of[-1].append(command)
-            elif on_page and reads_results(command):
-                (multiruns or on_page)[-1].append(command)
-            else:
-                on_page.append([command])
-                if command.startswith("python scripts/benchmark.py gpt2 "):
-                    written[words[3]] = on_page[-1]
-        groups += [(page, group) for group in on_page]
-    return groups
-
-
-GROUPS = command_groups()
-
-
 def test_the_readme_shows_the_commands_a_user_starts_from():
     commands = commands_by_page()["README.md"]
     assert "python run.py experiment=quickstart" in commands
@@ -142,10 +109,10 @@ def test_the_readme_shows_the_commands_a_user_starts_from():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page, commands", GROUPS, ids=[f"{page}-{n}" for n, (page, _) in enumerate(GROUPS)])
-def test_every_readme_command_runs_as_written(page, commands, tmp_path, zoo_dir):
-    """One group of a page's commands (a command and the reports that read it), in its own
-    working folder: the groups run side by side under ``pytest -n``."""
+@pytest.mark.parametrize("page", [name for name, commands in commands_by_page().items() if commands])
+def test_every_readme_command_runs_as_written(page, tmp_path, zoo_dir):
+    """One page's commands, in its own working folder: the pages run side by side under
+    ``pytest -n`` (a page's commands may read what its earlier ones wrote)."""
     work = tmp_path / "work"  # a fresh folder, as a new user's checkout: run.py, conf and scripts beside it
     work.mkdir()
     for name in ("run.py", "conf", "scripts"):
@@ -165,6 +132,7 @@ def test_every_readme_command_runs_as_written(page, commands, tmp_path, zoo_dir)
         "WANDB_SILENT": "true",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
+    commands = commands_by_page()[page]
     for command in commands:
         appended = []
         if command.startswith("python run.py") and "command=report" not in command:
@@ -188,8 +156,8 @@ def test_every_readme_command_runs_as_written(page, commands, tmp_path, zoo_dir)
         started = time.monotonic()
         done = subprocess.run(["bash", "-c", shell], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
         print(f"{time.monotonic() - started:5.0f} s  {shell}")  # shown by pytest -rP: where the test's time goes
-        stops = [message for key, message in STOPS.items() if key in command]
-        stop = None if reads_results(command) or not stops else stops[0]  # a report needs no wheels, GPU or network
+        reads_results = "command=report" in command  # a report needs no wheels, GPU or network
+        stop = None if reads_results else next((message for key, message in STOPS.items() if key in command), None)
         if stop:  # a single run exits 2 with its one-line error; a multirun's failed job, 1
             assert done.returncode == (1 if " -m " in command else 2) and stop in done.stderr, (
                 shell,
