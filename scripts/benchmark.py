@@ -52,6 +52,13 @@ LEVERS = {
     "predict batches by tokens (1,024)": ["weak.eval_batch_tokens=1024"],
     "torch.compile": ["train.compile=true"],
     "eager attention (not SDPA)": ["weak.attn_implementation=eager"],
+    "freed memory kept (2,048 MB)": ["cpu_heap_keep_mb=2048"],
+    "train batches padded to a multiple of 8 tokens": ["train.pad_to_multiple_of=8"],
+    "both, and train micro-batches by tokens (1,024)": [
+        "cpu_heap_keep_mb=2048",
+        "train.pad_to_multiple_of=8",
+        "weak.minibatch_tokens=1024",
+    ],
 }
 
 

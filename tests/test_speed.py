@@ -4,6 +4,7 @@ README, never asserted here)."""
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from w2s_lightning import pipeline
 from w2s_lightning.errors import ConfigError
-from w2s_lightning.memory import KERNEL_CACHE, drop_optimizer_state, limit_kernel_cache
+from w2s_lightning.memory import KERNEL_CACHE, drop_optimizer_state, keep_freed_memory, limit_kernel_cache
 from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, adamw_schedule
 from w2s_lightning.speed import Throughput
 
@@ -94,6 +95,25 @@ def test_the_kernel_cache_limit_yields_to_the_environment(monkeypatch):
     assert os.environ[KERNEL_CACHE] == "8"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_memory_up_to_the_limit_is_reused_without_page_faults():
+    """A block under the limit comes back from the heap, its pages already mapped; one over it
+    is mapped afresh, and the kernel faults in every page again."""
+    pages = (160 << 20) // resource.getpagesize()
+
+    def faults_of_a_160_mb_block() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = bytearray(160 << 20)  # zero-filled: every page touched
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    keep_freed_memory(100)
+    assert min(faults_of_a_160_mb_block() for _ in range(2)) > 0.9 * pages
+    keep_freed_memory(2048)
+    faults_of_a_160_mb_block()  # the heap grows once
+    assert faults_of_a_160_mb_block() < 0.1 * pages
+
+
 def test_throughput_counts_real_and_padded_tokens():
     speed = Throughput()
     for mask in ([[1, 1, 1, 0], [1, 1, 1, 1]], [[1, 0], [1, 1]]):  # 7 of 8, then 3 of 4 tokens are real
@@ -131,25 +151,40 @@ def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
 
 
 @pytest.mark.slow
-def test_batches_cut_by_tokens_train_and_predict_what_batches_cut_by_rows_do(make_cfg, tiny_overrides, tmp_path):
-    """A token budget cuts each optimizer step's rows (and each prediction batch) anew: the
-    steps, and so the updates, are the same; only float sums are ordered otherwise."""
+def test_token_budgets_and_padding_multiples_compute_what_plain_batches_do(make_cfg, tiny_overrides, tmp_path):
+    """A token budget cuts each optimizer step's rows (and each prediction batch) anew, and a
+    padding multiple adds masked tokens: the steps, and so the updates, are the same; only float
+    sums are ordered otherwise. The budget is in the stage key; the padding multiple is not."""
     by_rows = pipeline.run(make_cfg(*tiny_overrides, f"paths.output_dir={tmp_path / 'rows'}"))
     budgets = [
         f"{model}.{key}" for model in ("weak", "strong") for key in ("minibatch_tokens=160", "eval_batch_tokens=400")
     ]
     by_tokens = pipeline.run(make_cfg(*tiny_overrides, *budgets, f"paths.output_dir={tmp_path / 'tokens'}"))
-    worst = 0.0
-    for role in ("weak", "ceiling", "transfer"):
-        assert by_tokens["stages"][role]["key"] != by_rows["stages"][role]["key"]  # the budget is in the key
-        rows, tokens = (
-            load_file(f"{run['stages'][role]['path']}/predictions.safetensors") for run in (by_rows, by_tokens)
+    padded = pipeline.run(  # its own cache: its stages have the plain batches' keys
+        make_cfg(
+            *tiny_overrides,
+            "train.pad_to_multiple_of=16",
+            f"paths.output_dir={tmp_path / 'padded'}",
+            f"paths.cache_dir={tmp_path / 'padded_cache'}",
         )
-        worst = max(worst, *((rows[split] - tokens[split]).abs().max().item() for split in rows))
-    print(f"largest difference in P(label=1), batches by tokens against by rows: {worst:.2e}")
-    for phase in ("train", "predict"):  # the budget did cut: rows of similar length, less padding
-        assert by_tokens["stages"]["ceiling"][f"{phase}_padding"] < by_rows["stages"]["ceiling"][f"{phase}_padding"]
-    assert worst < 1e-5  # float32 rounding grown over a few dozen steps, as across DDP ranks (test_parallel.py)
+    )
+    for other, keyed in ((by_tokens, True), (padded, False)):
+        worst = 0.0
+        for role in ("weak", "ceiling", "transfer"):
+            assert (other["stages"][role]["key"] != by_rows["stages"][role]["key"]) == keyed
+            rows, others = (
+                load_file(f"{run['stages'][role]['path']}/predictions.safetensors") for run in (by_rows, other)
+            )
+            worst = max(worst, *((rows[split] - others[split]).abs().max().item() for split in rows))
+        print(f"largest difference in P(label=1), {'tokens' if keyed else 'padded'} against plain: {worst:.2e}")
+        assert worst < 1e-5  # float32 rounding grown over a few dozen steps, as across DDP ranks (test_parallel.py)
+    runs = {"rows": by_rows, "tokens": by_tokens, "padded": padded}
+    ceiling = {name: run["stages"]["ceiling"] for name, run in runs.items()}
+    for phase in ("train", "predict"):  # the budget cut rows of similar length
+        assert ceiling["tokens"][f"{phase}_padding"] < ceiling["rows"][f"{phase}_padding"]
+    # the multiple pads training micro-batches only
+    assert ceiling["padded"]["train_padding"] > ceiling["rows"]["train_padding"]
+    assert ceiling["padded"]["predict_padding"] == ceiling["rows"]["predict_padding"]
 
 
 @pytest.mark.slow

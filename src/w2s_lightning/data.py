@@ -254,11 +254,13 @@ class TaskDataModule(pl.LightningDataModule):
         length_buckets: int | None = None,
         minibatch_tokens: int | None = None,
         eval_batch_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
     ):
         super().__init__()
         self.seed = seed
         self.length_buckets = length_buckets
         self.minibatch_tokens, self.eval_batch_tokens = minibatch_tokens, eval_batch_tokens
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.splits = splits
         self.tokenizer = tokenizer
         self.train_split = train_split
@@ -290,16 +292,18 @@ class TaskDataModule(pl.LightningDataModule):
             inputs = ["input_ids", "attention_mask", *(c for c in PAIR_INPUTS if c in rows.column_names)]
             self.prepared[name] = rows.select_columns([*inputs, "target", "label"]).with_format("python")
 
-    def pad(self, rows: list[dict], ids: str, mask: str) -> dict[str, torch.Tensor]:
+    def pad(self, rows: list[dict], ids: str, mask: str, multiple: int | None) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad(
-            [{"input_ids": r[ids], "attention_mask": r[mask]} for r in rows], return_tensors="pt"
+            [{"input_ids": r[ids], "attention_mask": r[mask]} for r in rows],
+            pad_to_multiple_of=multiple,
+            return_tensors="pt",
         )
         return {ids: batch["input_ids"], mask: batch["attention_mask"]}
 
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.pad(rows, "input_ids", "attention_mask")
+    def collate(self, rows: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        batch = self.pad(rows, "input_ids", "attention_mask", pad_to_multiple_of)
         if PAIR_INPUTS[0] in rows[0]:  # each text of a pair padded on its own
-            batch.update(self.pad(rows, *PAIR_INPUTS))
+            batch.update(self.pad(rows, *PAIR_INPUTS, pad_to_multiple_of))
         return {**batch, **self._labels(rows)}
 
     @staticmethod
@@ -371,7 +375,11 @@ class TaskDataModule(pl.LightningDataModule):
         if self.minibatch_tokens:
             recut = functools.partial(by_tokens, lengths=self.lengths(self.train_split), budget=self.minibatch_tokens)
         steps = OptimizerSteps(draw, self.per_step, self.seed, *self.ranks(), recut=recut)
-        return step_loader(rows, self.collate, steps)
+        # Training only: a backward pass compiles several kernels per shape; a prediction, one.
+        collate = self.collate
+        if self.pad_to_multiple_of:
+            collate = functools.partial(self.collate, pad_to_multiple_of=self.pad_to_multiple_of)
+        return step_loader(rows, collate, steps)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader("val")] if len(self.splits["val"]) else []

@@ -1,6 +1,7 @@
 """Giving memory back: what a stage, or a phase of one, no longer needs (docs/speed.md,
 "Memory of make run"): a finished stage's model and optimizer, AdamW's moments once a stage
-only predicts, and oneDNN's compiled kernels."""
+only predicts, and oneDNN's compiled kernels; and keeping, within a stage, what the next
+micro-batch will allocate again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from contextlib import suppress
 import lightning.pytorch as pl
 
 KERNEL_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def limit_kernel_cache(capacity: int | None) -> None:
@@ -22,6 +24,23 @@ def limit_kernel_cache(capacity: int | None) -> None:
     wins, and None leaves oneDNN's default."""
     if capacity is not None:
         os.environ.setdefault(KERNEL_CACHE, str(capacity))
+
+
+def keep_freed_memory(megabytes: int | None) -> None:
+    """Let glibc serve blocks up to ``megabytes`` from its heap and keep up to that much freed
+    memory there, rather than map each large block afresh and unmap it when freed. Every
+    micro-batch frees and allocates the same large tensors again (the embedding's gradient:
+    151 MB for a 49k-token vocabulary; autocast's bf16 copies of the weights), and each fresh
+    mapping makes the kernel fault in and zero every page (docs/speed.md, "Freed memory kept,
+    fewer shapes"). ``release_memory`` still gives it all back between stages. None leaves
+    glibc's defaults; not glibc (macOS, musl): nothing to set."""
+    if megabytes is None:
+        return
+    with suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        size = min(megabytes << 20, 2**31 - 1)  # mallopt takes an int
+        libc.mallopt(M_MMAP_THRESHOLD, size)
+        libc.mallopt(M_TRIM_THRESHOLD, size)
 
 
 def release_memory() -> None:

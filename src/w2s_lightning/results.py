@@ -23,8 +23,17 @@ if TYPE_CHECKING:
 
 # Top-level config keys that change where and how a run reports, never its results: a rerun
 # that differs only in them is the same run (pipeline.reuse_results, the report's duplicates).
-# cpu_kernel_cache: the memory oneDNN keeps for compiled kernels, never a result (memory.py).
-RUN_ONLY_KEYS = ("threads", "command", "paths", "logger", "report", "reuse_results", "cpu_kernel_cache")
+# cpu_kernel_cache, cpu_heap_keep_mb: the memory oneDNN and glibc keep, never a result (memory.py).
+RUN_ONLY_KEYS = (
+    "threads",
+    "command",
+    "paths",
+    "logger",
+    "report",
+    "reuse_results",
+    "cpu_kernel_cache",
+    "cpu_heap_keep_mb",
+)
 
 # What the W&B summary run holds per stage (``<role>/<field>``): what the report reads back,
 # the stage's model included (a bootstrapping rung is neither the weak nor the strong model).

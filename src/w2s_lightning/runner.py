@@ -33,7 +33,7 @@ from w2s_lightning import generative, parallel, stage_key, tracking
 from w2s_lightning.cache import StageCache
 from w2s_lightning.data import FeatureDataModule, ImageDataModule, TaskDataModule, tokenize
 from w2s_lightning.errors import ConfigError
-from w2s_lightning.memory import drop_optimizer_state, limit_kernel_cache, release_memory
+from w2s_lightning.memory import drop_optimizer_state, keep_freed_memory, limit_kernel_cache, release_memory
 from w2s_lightning.methods import LABELLER, StageRequest, epochs_of, finetune_of
 from w2s_lightning.metrics import agreement, evaluate
 from w2s_lightning.models import LinearProbe, load_classifier, load_tokenizer, usable_length
@@ -83,6 +83,7 @@ class StageRunner:
     def __init__(self, cfg: DictConfig, splits: datasets.DatasetDict):
         # Before any stage runs a kernel, whoever builds stages (run.py, the benchmark, scripts).
         limit_kernel_cache(cfg.cpu_kernel_cache)
+        keep_freed_memory(cfg.cpu_heap_keep_mb)
         self.cfg = cfg
         self.splits = splits
         self.data_key = stage_key.fingerprint(splits)
@@ -450,6 +451,7 @@ class StageRunner:
             length_buckets=self.cfg.train.length_buckets,
             minibatch_tokens=model_cfg.minibatch_tokens,
             eval_batch_tokens=model_cfg.eval_batch_tokens,
+            pad_to_multiple_of=self.cfg.train.pad_to_multiple_of,
             **common,
         )
 
