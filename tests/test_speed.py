@@ -109,7 +109,7 @@ def test_freed_memory_up_to_the_limit_is_reused_without_page_faults():
 
     keep_freed_memory(100)
     assert min(faults_of_a_160_mb_block() for _ in range(2)) > 0.9 * pages
-    keep_freed_memory(2048)
+    keep_freed_memory(2048)  # this worker keeps it: it changes memory held, never a result
     faults_of_a_160_mb_block()  # the heap grows once
     assert faults_of_a_160_mb_block() < 0.1 * pages
 

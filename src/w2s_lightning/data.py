@@ -376,9 +376,7 @@ class TaskDataModule(pl.LightningDataModule):
             recut = functools.partial(by_tokens, lengths=self.lengths(self.train_split), budget=self.minibatch_tokens)
         steps = OptimizerSteps(draw, self.per_step, self.seed, *self.ranks(), recut=recut)
         # Training only: a backward pass compiles several kernels per shape; a prediction, one.
-        collate = self.collate
-        if self.pad_to_multiple_of:
-            collate = functools.partial(self.collate, pad_to_multiple_of=self.pad_to_multiple_of)
+        collate = functools.partial(self.collate, pad_to_multiple_of=self.pad_to_multiple_of)
         return step_loader(rows, collate, steps)
 
     def val_dataloader(self) -> list[DataLoader]:
