@@ -85,6 +85,24 @@ def test_pairs_whose_pgr_is_not_read_take_no_part_in_a_difference():
     assert math.isnan(tests.iloc[0]["wilcoxon_p"])  # one task: nothing to test
 
 
+def test_a_run_on_other_ground_truth_stages_is_left_out_of_its_difference_and_named(caplog):
+    # Seed 2 of aux_conf was rerun elsewhere: its weak model is another stage, so its PGR
+    # difference would mix two gaps.
+    xent = runs({"t1": 0.2, "t2": 0.2}, seeds=(0, 1, 2))
+    aux = runs({"t1": 0.4, "t2": 0.4}, loss="aux_conf", seeds=(0, 1, 2))
+    for run in aux:
+        if run["task"] == "t2" and run["seed"] == 2:
+            run["stages"]["weak"]["key"] = "gt-retrained-elsewhere"
+    per_task, _ = across_tasks.paired_differences(tables.records_table([*xent, *aux]))
+    assert per_task.set_index("task")["seeds"].to_dict() == {"t1": 3, "t2": 2}
+    assert "1 run(s) left out (t2 seed 2)" in caplog.text
+    # Results written before stages had keys cannot be checked, and still pair.
+    for run in [*xent, *aux]:
+        run["stages"]["weak"].pop("key")
+    per_task, _ = across_tasks.paired_differences(tables.records_table([*xent, *aux]))
+    assert per_task.set_index("task")["seeds"].to_dict() == {"t1": 3, "t2": 3}
+
+
 def test_the_report_writes_the_cross_task_tables_and_figures(tmp_path):
     built = report.build([*runs(TASK_PGRS), *runs(TASK_PGRS, loss="aux_conf", shift=0.0)], [], tmp_path)
     assert {f.name for f in built["figures"]} >= {"pgr.png", "transfer_vs_ceiling.png"}

@@ -9,19 +9,24 @@ the same way, with SciPy's intervals and tests rather than hand-written ones.
   and counted.
 - ``paired_differences``: one method against a baseline on the same (task, pair, seed), where
   the weak model and the ceiling are the same stages, so the difference in PGR is the
-  difference in transfer accuracy over one gap. Per task: mean and Student-t interval over
+  difference in transfer accuracy over one gap (runs on other stages are left out, with a
+  warning that names them). Per task: mean and Student-t interval over
   seeds; across tasks: the median and a Wilcoxon signed-rank test of the per-task means.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from w2s_lightning.roles import CEILING, WEAK
 from w2s_lightning.tables import interval, pair_status, variants
+
+log = logging.getLogger(__name__)
 
 BASELINE_LOSS = "xent"
 BASELINE_METHOD = "direct"
@@ -97,6 +102,7 @@ def paired_differences(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
         name = f"{candidate['method']}/{candidate['loss']} - {baseline['method']}/{baseline['loss']}"
         base = _select(records, baseline)
         joined = _select(records, candidate).merge(base, on=[*pair_keys, "seed"], suffixes=("", "_base"))
+        joined = joined[~_on_other_stages(joined, name)]
         if joined.empty:
             continue
         status = base.groupby(pair_keys, dropna=False).apply(pair_status, include_groups=False)
@@ -130,6 +136,27 @@ def paired_differences(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
             }
         )
     return pd.DataFrame(per_task), pd.DataFrame(across)
+
+
+def _on_other_stages(joined: pd.DataFrame, name: str) -> pd.Series:
+    """Rows whose candidate read another weak model or ceiling than its baseline (a stage key
+    recorded by both and not the same), with a warning naming them. Their difference would mix
+    two gaps: a piece of a sweep rerun on another machine, or after a change to the stage keys,
+    trains its own ground truth. A record without keys (older results) cannot be checked."""
+    other = pd.Series(False, index=joined.index)
+    for role in (WEAK, CEILING):
+        mine, base = joined[f"{role}_stage"], joined[f"{role}_stage_base"]
+        other |= (mine != base) & (mine != "") & (base != "")
+    if other.any():
+        runs = ", ".join(f"{row.task} seed {row.seed}" for row in joined[other].itertuples())
+        log.warning(
+            "%s: %d run(s) left out (%s): their weak or ceiling stage is not the baseline's. Rerun the baseline "
+            "with reuse_results=false on the same stage cache to pair them.",
+            name,
+            int(other.sum()),
+            runs,
+        )
+    return other
 
 
 def wilcoxon_p(differences: np.ndarray) -> float:

@@ -70,6 +70,8 @@ def record(record: dict) -> dict:
         "pgr": results.pgr(),
         "pgr_auroc": results.pgr(metric="auroc"),
         "pgr_status": results.pgr_status,
+        # Which cached stages the gap came from: a paired difference needs both runs on the same.
+        **{f"{role}_stage": results.stages[role].key if role in results.stages else "" for role in (WEAK, CEILING)},
         **{f"{role}_{m}": stage(role, m) for role, metrics in STAGE_EXTRAS.items() for m in metrics},
         "transfer_ece": stage(TRANSFER, "ece"),
         "agreement": stage(TRANSFER, "agreement"),
