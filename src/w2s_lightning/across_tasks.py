@@ -10,8 +10,8 @@ the same way, with SciPy's intervals and tests rather than hand-written ones.
 - ``paired_differences``: one method against a baseline on the same (task, pair, seed), where
   the weak model and the ceiling are the same stages, so the difference in PGR is the
   difference in transfer accuracy over one gap (runs on other stages are left out, with a
-  warning that names them). Per task: mean and Student-t interval over
-  seeds; across tasks: the median and a Wilcoxon signed-rank test of the per-task means.
+  warning that names them). Per task: mean and Student-t interval over seeds; across tasks:
+  the median and a Wilcoxon signed-rank test of the per-task means.
 """
 
 from __future__ import annotations
