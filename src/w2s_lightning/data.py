@@ -403,8 +403,8 @@ class ImageDataModule(TaskDataModule):
     def lengths(self, name: str) -> list[int]:
         return [1] * len(self.prepared[name])  # images of one size: nothing to bucket
 
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        # datasets hands Array2D rows to numpy as int64; they are stored (and sent) as uint8
+    def collate(self, rows: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        # Images of one size: nothing to pad. datasets hands Array2D rows to numpy as int64; they are stored (and sent) as uint8
         images = np.stack([r["image"] for r in rows]).astype(np.uint8)
         return {"image": torch.from_numpy(images), **self._labels(rows)}
 
@@ -430,5 +430,6 @@ class FeatureDataModule(TaskDataModule):
     def lengths(self, name: str) -> list[int]:
         return [1] * len(self.prepared[name])  # features have no length: row order is kept
 
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, rows: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        # Features of one size: nothing to pad
         return {"features": torch.stack([r["features"] for r in rows]), **self._labels(rows)}
