@@ -404,7 +404,8 @@ class ImageDataModule(TaskDataModule):
         return [1] * len(self.prepared[name])  # images of one size: nothing to bucket
 
     def collate(self, rows: list[dict], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
-        # Images of one size: nothing to pad. datasets hands Array2D rows to numpy as int64; they are stored (and sent) as uint8
+        # Images of one size: nothing to pad. datasets hands Array2D rows to numpy as int64;
+        # they are stored (and sent) as uint8
         images = np.stack([r["image"] for r in rows]).astype(np.uint8)
         return {"image": torch.from_numpy(images), **self._labels(rows)}
 
