@@ -54,6 +54,7 @@ LEVERS = {
     "eager attention (not SDPA)": ["weak.attn_implementation=eager"],
     "freed memory kept (2,048 MB)": ["cpu_heap_keep_mb=2048"],
     "train batches padded to a multiple of 8 tokens": ["train.pad_to_multiple_of=8"],
+    "dense embedding gradients (a fresh one per micro-batch)": ["train.sparse_embedding_grad=false"],
     # The candidate bf16 default: the two settings that keep make run under 4 GB.
     "padded to 8, train micro-batches by tokens (1,024)": ["train.pad_to_multiple_of=8", "weak.minibatch_tokens=1024"],
     "both, and train micro-batches by tokens (1,024)": [

@@ -16,8 +16,10 @@ from safetensors.torch import load_file
 
 from w2s_lightning import pipeline
 from w2s_lightning.errors import ConfigError
+from w2s_lightning.losses import XentLoss
 from w2s_lightning.memory import KERNEL_CACHE, drop_optimizer_state, keep_freed_memory, limit_kernel_cache
-from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, adamw_schedule
+from w2s_lightning.models import Classifier
+from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, W2SModule, adamw_schedule
 from w2s_lightning.speed import Throughput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +84,59 @@ def test_a_fitted_stage_drops_adamw_state_and_predicts_the_same():
     drop_optimizer_state(trainer)
     assert not optimizer.state
     assert torch.equal(torch.cat(trainer.predict(module, loader)), before)
+
+
+def fit_tiny_gpt2(sparse_embedding_grad: bool) -> tuple[dict, dict, list[bool]]:
+    """Three optimizer steps of a tiny GPT-2 classifier, four micro-batches each: its weights
+    before and after them, and whether each backward pass left the token embedding's gradient
+    sparse."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    backbone = GPT2Model(GPT2Config(vocab_size=500, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    module = W2SModule(Classifier(backbone, "last"), XentLoss(), lr=1e-2, sparse_embedding_grad=sparse_embedding_grad)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+
+    def micro_batch() -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, 500, (4, 12))
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "target": torch.rand(4),
+            "label": torch.randint(0, 2, (4,)),
+            "real": torch.ones(4, dtype=torch.bool),
+        }
+
+    steps = [{"micro_batches": [micro_batch() for _ in range(4)], "shares": [0.25] * 4, "rows": 16} for _ in range(3)]
+    sparse: list[bool] = []
+
+    class SeeGradient(pl.Callback):
+        def on_after_backward(self, trainer, pl_module):
+            sparse.append(backbone.wte.weight.grad.is_sparse)
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SeeGradient()],
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(steps, batch_size=None))
+    assert not module.dense_grads  # the buffers go with the fit
+    return before, module.state_dict(), sparse
+
+
+def test_sparse_embedding_gradients_make_the_same_update_as_dense_ones():
+    """Gathered sparse over a step's micro-batches and made dense once before AdamW, the
+    embedding's gradient updates every weight as the dense one does, to float rounding."""
+    before, dense, dense_seen = fit_tiny_gpt2(False)
+    _, sparse, sparse_seen = fit_tiny_gpt2(True)
+    assert dense_seen == [False] * 12 and sparse_seen == [True] * 12
+    assert not torch.allclose(dense["classifier.backbone.wte.weight"], before["classifier.backbone.wte.weight"])
+    for name, weight in dense.items():
+        torch.testing.assert_close(sparse[name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_the_kernel_cache_limit_yields_to_the_environment(monkeypatch):

@@ -1,7 +1,7 @@
 """Giving memory back: what a stage, or a phase of one, no longer needs (docs/speed.md,
 "Memory of make run"): a finished stage's model and optimizer, AdamW's moments once a stage
 only predicts, and oneDNN's compiled kernels; and keeping, within a stage, what the next
-micro-batch will allocate again."""
+micro-batch will allocate again, or not allocating it at all."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 from contextlib import suppress
 
 import lightning.pytorch as pl
+import torch
 
 KERNEL_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -41,6 +42,30 @@ def keep_freed_memory(megabytes: int | None) -> None:
         size = min(megabytes << 20, 2**31 - 1)  # mallopt takes an int
         libc.mallopt(M_MMAP_THRESHOLD, size)
         libc.mallopt(M_TRIM_THRESHOLD, size)
+
+
+def sparse_embedding_gradients(model: torch.nn.Module) -> None:
+    """Make every embedding of ``model`` return a sparse gradient: the rows a micro-batch
+    touched, instead of a fresh vocabulary-sized one (151 MB for GPT-2) whose pages the kernel
+    faults in and zeroes again every micro-batch (docs/speed.md, "Sparse embedding gradients").
+    Autograd sums them over a step's micro-batches; ``densify_gradients`` hands AdamW one dense
+    gradient a step."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = True
+
+
+def densify_gradients(params, buffers: dict[torch.nn.Parameter, torch.Tensor]) -> None:
+    """AdamW takes dense gradients: each sparse one among ``params`` is added into a dense
+    buffer of ``buffers``, kept from step to step (its pages stay mapped), and becomes the
+    parameter's gradient."""
+    for param in params:
+        if param.grad is None or not param.grad.is_sparse:
+            continue
+        buffer = buffers.get(param)
+        if buffer is None:
+            buffer = buffers[param] = torch.empty_like(param)
+        param.grad = buffer.zero_().add_(param.grad)
 
 
 def release_memory() -> None:

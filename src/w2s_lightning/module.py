@@ -16,6 +16,7 @@ from transformers import get_scheduler
 
 from w2s_lightning import faults
 from w2s_lightning.errors import ConfigError, TrainingError
+from w2s_lightning.memory import densify_gradients, sparse_embedding_gradients
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -39,9 +40,20 @@ class StepTraining(pl.LightningModule):
     between micro-batches of one step (a SIGTERM stops the fit after the step it arrived in).
     """
 
-    def __init__(self):
+    def __init__(self, sparse_embedding_grad: bool = False):
         super().__init__()
         self.automatic_optimization = False
+        self.sparse_embedding_grad = sparse_embedding_grad
+        self.dense_grads: dict[torch.nn.Parameter, torch.Tensor] = {}
+
+    def on_fit_start(self) -> None:
+        # One CPU device only: DDP and FSDP reduce dense gradients, and on a GPU the caching
+        # allocator hands the same block back each micro-batch, with nothing to fault in.
+        if self.sparse_embedding_grad and self.trainer.world_size == 1 and self.device.type == "cpu":
+            sparse_embedding_gradients(self)
+
+    def on_fit_end(self) -> None:
+        self.dense_grads.clear()  # predicting needs no gradient buffers
 
     def micro_batch_loss(self, batch: dict, step_frac: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The mean loss over ``batch``, and figures to log (means over it too)."""
@@ -75,6 +87,7 @@ class StepTraining(pl.LightningModule):
                 for name, value in {"train/loss": loss, **figures}.items():
                     logged[name] = logged.get(name, 0.0) + value.detach() * share
             with record_function("w2s.optimizer"):
+                densify_gradients(self.parameters(), self.dense_grads)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
@@ -93,9 +106,10 @@ class W2SModule(StepTraining):
         lr_scheduler: str = "cosine",
         warmup_frac: float = 0.0,
         adamw: str = "fused",
+        sparse_embedding_grad: bool = False,
         role: str = "train",
     ):
-        super().__init__()
+        super().__init__(sparse_embedding_grad)
         self.save_hyperparameters(ignore=["classifier", "loss"])
         self.classifier = classifier
         self.loss = loss

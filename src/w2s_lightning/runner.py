@@ -323,6 +323,7 @@ class StageRunner:
             lr_scheduler=cfg.train.lr_scheduler,
             warmup_frac=cfg.train.warmup_frac,
             adamw=cfg.train.adamw,
+            sparse_embedding_grad=cfg.train.sparse_embedding_grad,
             role=request.role,
         )
 
