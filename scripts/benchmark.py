@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -426,27 +427,44 @@ def check_checkout(folder: str) -> None:
 
 
 def table(runs: list[dict]) -> str:
-    reference = [r for r in runs if r["name"].startswith("reference")]
-    base = (
-        {k: sum(r[k] for r in reference) / len(reference) for k in ("train_examples_per_s", "predict_examples_per_s")}
-        if reference
-        else None
-    )
+    """One row per run, each with its ratio to the reference's median; then, where a run was
+    repeated, one row per setting: its median and range, and the ratio of the medians."""
+    speeds = ("train_examples_per_s", "predict_examples_per_s")
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    of = {name: [r for r in runs if r["name"] == name] for name in names}
+    reference = next((of[n] for n in names if n.startswith("reference")), None)
+    base = {k: statistics.median(r[k] for r in reference) for k in speeds} if reference else None
+
+    def ratio(value: float, key: str) -> str:
+        return f"{value / base[key]:.2f}x" if base else ""
+
     lines = [
         "| run | precision | train ex/s | vs ref | train tok/s (padded) | padding | train MFU "
         "| predict ex/s | vs ref | predict padding | peak RSS GB | test acc |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        ratio = {
-            k: f"{r[k] / base[k]:.2f}x" if base else "" for k in ("train_examples_per_s", "predict_examples_per_s")
-        }
         lines.append(
-            f"| {r['name']} | {r['precision']} | {r['train_examples_per_s']:.2f} | {ratio['train_examples_per_s']} "
+            f"| {r['name']} | {r['precision']} | {r['train_examples_per_s']:.2f} "
+            f"| {ratio(r['train_examples_per_s'], speeds[0])} "
             f"| {r['train_tokens_per_s']:.0f} ({r['train_padded_tokens_per_s']:.0f}) | {r['train_padding']:.0%} "
-            f"| {r['train_mfu']:.0%} | {r['predict_examples_per_s']:.1f} | {ratio['predict_examples_per_s']} "
+            f"| {r['train_mfu']:.0%} | {r['predict_examples_per_s']:.1f} "
+            f"| {ratio(r['predict_examples_per_s'], speeds[1])} "
             f"| {r['predict_padding']:.0%} | {r['peak_rss_gb']:.2f} | {r['test_acc']:.3f} |"
         )
+    if len(runs) > len(names):
+        lines += [
+            "",
+            "| setting (runs) | train ex/s: median (range) | vs ref | predict ex/s: median (range) | vs ref |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for name, mine in of.items():
+            cells = []
+            for key in speeds:
+                values = [r[key] for r in mine]
+                middle = statistics.median(values)
+                cells.append(f"{middle:.2f} ({min(values):.2f}-{max(values):.2f}) | {ratio(middle, key)}")
+            lines.append(f"| {name} ({len(mine)}) | {' | '.join(cells)} |")
     lines.append(
         f"matmul peak measured on the spot: {runs[0]['matmul_peak_gflops']:.0f} GFLOP/s "
         f"({runs[0]['precision']}); MFU counts real tokens, {runs[0]['non_embedding_params'] / 1e6:.1f}M "

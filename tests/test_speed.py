@@ -203,6 +203,12 @@ def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
 
     rows = table([run("reference train_model (fp32)", 4.0, 10.0), run("project", 6.0, 25.0)]).splitlines()
     assert "| 1.00x |" in rows[2] and "| 1.50x |" in rows[3] and "| 2.50x |" in rows[3]
+    assert len(rows) == 5  # one run of each: no summary
+    # Repeated runs: each against the reference's median (4.0), then medians and ranges
+    reference = [run("reference train_model (fp32)", v, 10.0) for v in (3.0, 4.0, 9.0)]
+    rows = table([*reference, *(run("project", v, 40.0) for v in (12.0, 14.0, 30.0))]).splitlines()
+    assert "| 3.00x |" in rows[5] and "| 7.50x |" in rows[7]
+    assert "| project (3) | 14.00 (12.00-30.00) | 3.50x | 40.00 (40.00-40.00) | 4.00x |" in rows
 
 
 @pytest.mark.slow
