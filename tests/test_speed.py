@@ -64,19 +64,25 @@ class Regression(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
 
-def test_a_fitted_stage_drops_adamw_state_and_predicts_the_same():
-    torch.manual_seed(0)
-    rows = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randn(32))
-    loader = torch.utils.data.DataLoader(rows, batch_size=8)
-    module = Regression()
-    trainer = pl.Trainer(
+def quiet_cpu_trainer(**options) -> pl.Trainer:
+    """One epoch on the CPU, nothing logged, saved or shown."""
+    return pl.Trainer(
         max_epochs=1,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **options,
     )
+
+
+def test_a_fitted_stage_drops_adamw_state_and_predicts_the_same():
+    torch.manual_seed(0)
+    rows = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randn(32))
+    loader = torch.utils.data.DataLoader(rows, batch_size=8)
+    module = Regression()
+    trainer = quiet_cpu_trainer()
     trainer.fit(module, loader)
     (optimizer,) = trainer.optimizers
     assert len(optimizer.state) == 2  # weight and bias: each with its two moments
@@ -114,15 +120,7 @@ def fit_tiny_gpt2(sparse_embedding_grad: bool) -> tuple[dict, dict, list[bool]]:
         def on_after_backward(self, trainer, pl_module):
             sparse.append(backbone.wte.weight.grad.is_sparse)
 
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[SeeGradient()],
-    )
+    trainer = quiet_cpu_trainer(callbacks=[SeeGradient()])
     trainer.fit(module, torch.utils.data.DataLoader(steps, batch_size=None))
     assert not module.dense_grads  # the buffers go with the fit
     return before, module.state_dict(), sparse
