@@ -9,7 +9,10 @@ is never read.
     python scripts/choose_layer.py                     # the causal ladder's rungs on SciQ
     python scripts/choose_layer.py --task boolq --models smollm2_135m,gemma3_270m
 
-Writes docs/results/layers/<task>/<model>.json and prints one line per model.
+Writes docs/results/layers/<task>/<model>.json and prints one line per model. Given two or more
+models, it also screens the first as weak and the last as strong by the rule of docs/tasks.md,
+on validation: the weak model's best layer clearly above the validation majority rate, and the
+strong one's gap above its noise (the screen has no AUROC, so accuracy decides alone).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from hydra import compose, initialize_config_dir
 import w2s_lightning.config  # noqa: F401  (registers the schemas and resolvers conf/ uses)
 from w2s_lightning import tasks, threads
 from w2s_lightning.data import tokenize
+from w2s_lightning.metrics import gap_noise
 from w2s_lightning.models import POOLINGS, load_classifier, load_tokenizer
 from w2s_lightning.relabel import LogisticProbe
 
@@ -81,10 +86,23 @@ def choose(task: str, model: str, overrides: list[str]) -> dict:
         "best_val_acc": accuracy[best],
         "final_layer_val_acc": accuracy[-1],
         "rows": {"train_a": len(train[0]), "val": len(val[0])},
+        "val_majority": max(float(labels["val"].float().mean()), 1 - float(labels["val"].float().mean())),
         "precision": cfg.trainer.precision,
         "seconds": time.time() - started,
         "date": datetime.date.today().isoformat(),
     }
+
+
+def verdict(weak: dict, strong: dict) -> str:
+    """Whether the pair's PGR is measurable on this task, by the rule of docs/tasks.md."""
+    n, weak_acc, strong_acc = weak["rows"]["val"], weak["best_val_acc"], strong["best_val_acc"]
+    above_chance = weak_acc - weak["val_majority"] > 2 * math.sqrt(0.25 / n)  # two standard errors of a coin flip
+    gap, noise = strong_acc - weak_acc, gap_noise(weak_acc, strong_acc, n)
+    return (
+        f"{weak['task']} {weak['model']} -> {strong['model']}: weak {100 * weak_acc:.1f}% against a "
+        f"{100 * weak['val_majority']:.1f}% majority, gap {100 * gap:+.1f} ± {100 * noise:.1f} points: "
+        f"{'measurable' if above_chance and gap > noise else 'not measurable'}"
+    )
 
 
 def main() -> None:
@@ -95,6 +113,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (e.g. paths.zoo_dir=...)")
     args = parser.parse_args()
     (args.out / args.task).mkdir(parents=True, exist_ok=True)
+    records = []
     for model in args.models.split(","):
         record = choose(args.task, model, args.overrides)
         (args.out / args.task / f"{model}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -104,6 +123,9 @@ def main() -> None:
             f"{record['seconds']:.0f} s",
             flush=True,
         )
+        records.append(record)
+    if len(records) > 1:
+        print(verdict(records[0], records[-1]))
 
 
 if __name__ == "__main__":

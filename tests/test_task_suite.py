@@ -364,3 +364,17 @@ def test_generative_fine_tuning_reads_both_dialogues_of_a_pair(make_cfg, data_di
         *splits["train_b"]["text_b"],
     ]
     assert sorted(texts) == sorted(pool) and len(texts) == 4 * len(splits["train_a"])
+
+
+def test_the_layer_screen_admits_a_task_only_when_the_weak_model_knows_it_and_the_gap_clears_the_noise():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from choose_layer import verdict
+
+    def screened(model: str, acc: float, majority: float = 0.5) -> dict:
+        return {"task": "t", "model": model, "rows": {"val": 200}, "best_val_acc": acc, "val_majority": majority}
+
+    # Two standard errors of a coin flip on 200 rows: 7.1 points; the gap's noise at 75% / 90%: 7.4.
+    assert verdict(screened("weak", 0.75), screened("strong", 0.90)).endswith(": measurable")
+    assert verdict(screened("weak", 0.56), screened("strong", 0.90)).endswith("not measurable")  # near chance
+    assert verdict(screened("weak", 0.75, majority=0.70), screened("strong", 0.90)).endswith("not measurable")
+    assert verdict(screened("weak", 0.75), screened("strong", 0.81)).endswith("not measurable")  # gap in the noise
