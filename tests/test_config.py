@@ -2,6 +2,7 @@
 object instantiates or imports: a broken yaml fails here, not halfway through a sweep.
 Composing needs no data and trains nothing."""
 
+import json
 from pathlib import Path
 
 import hydra
@@ -154,3 +155,18 @@ def test_no_preset_is_applied_unless_named():
     assert (bare.task.n_train, boolq.task.n_train) == (20000, 20000)  # the task's own, paper-sized splits
     assert quickstart.task.n_train == 2000 and quickstart.train.head_lr == 1e-3
     assert bare.train.head_lr is None and bare.method.name == "direct" and bare.select.name == "last"
+
+
+def test_the_causal_suite_reads_the_layers_its_screens_chose():
+    """Every task the causal suite sweeps has a layer per model, and it is the one that
+    ``scripts/choose_layer.py`` recorded on that task's validation split (docs/results/layers)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        sweep = compose(config_name="config", overrides=["experiment=causal_suite"], return_hydra_config=True)
+        for task in sweep.hydra.sweeper.params.task.split(","):
+            cfg = compose(config_name="config", overrides=["experiment=causal_suite", f"task={task}"])
+            for role in (cfg.weak, cfg.strong):
+                screen = Path(CONF_DIR).parent / "docs" / "results" / "layers" / task / f"{role.name}.json"
+                assert role.hidden_layer == json.loads(screen.read_text())["best_layer"], (task, role.name)
+        unscreened = compose(config_name="config", overrides=["experiment=causal_suite", "task=boolq"])
+    with pytest.raises(Exception, match="probe_layers.boolq"):
+        OmegaConf.resolve(unscreened)

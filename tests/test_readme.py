@@ -31,13 +31,14 @@ SWEEP_CUTS = {
     "train.length_buckets=8,null": "train.length_buckets=null",
     "experiment=vision_cpu": "loss=xent seed=0 strong.image_size=32",  # 32 pixels: 49x cheaper than 224
     "experiment=chess_causal": "loss=xent seed=0",
+    "experiment=causal_suite": "task=sciq loss=xent seed=0",
 }
 # Appended to runs whose texts are long: reward modelling's dialogues cut to 32 tokens, not 96.
 LENGTH_CUTS = {"experiment=reward_cpu": "weak.max_length=32 strong.max_length=32"}
 # The smallest zoo model that serves as a strong one: appended to commands that do not name theirs,
 # except the presets whose student is small already (an image model: a text one would be refused).
 SMALL_STRONG = "'model@strong=minilm_l6'"
-OWN_STRONG = ("experiment=vision_cpu", "experiment=chess_causal")
+OWN_STRONG = ("experiment=vision_cpu", "experiment=chess_causal", "experiment=causal_suite")
 # Appended to benchmark measurements: 16 training rows instead of 512; GPT-2-shaped folders are
 # written tiny (2 layers, 64 wide) instead of 124M or 355M.
 BENCHMARK_ROWS = "--rows 16"
@@ -62,6 +63,7 @@ if not CAUSAL_INSTALLED:
         {
             "offline_causal": "make install-causal",
             "chess_causal": "make install-causal",
+            "causal_suite": "make install-causal",
             "qwen25_coder": "make install-causal",
         }
     )
