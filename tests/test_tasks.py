@@ -90,6 +90,21 @@ def test_splits_sizes_determinism_and_fixed_test(make_cfg, data_dir):
     assert 0.3 < balance["train_a"]["positive_rate"] < 0.7
 
 
+def test_a_larger_validation_split_keeps_the_halves(make_cfg, data_dir):
+    """Validation is drawn after the halves: asking for more (here more than a fifth of the
+    pool) adds rows to it and leaves halves A and B as they were, so their stages are shared."""
+    small, large = (
+        tasks.load_splits(
+            make_cfg("task=sciq", "task.n_train=200", f"task.n_val={n}", "task.n_test=50").task, data_dir, 0
+        )
+        for n in (20, 100)
+    )
+    assert {k: len(v) for k, v in large.items()} == {"train_a": 100, "train_b": 100, "val": 100, "test": 50}
+    for half in ("train_a", "train_b"):
+        assert small[half]["text"] == large[half]["text"]
+    assert large["val"]["text"][:20] == small["val"]["text"]
+
+
 def test_train_and_test_draw_independent_answer_choices(make_cfg, data_dir):
     # The reference formatted every split with the same Random(seed): row i of train and
     # row i of test then always got the same correct/distractor coin flip.

@@ -280,7 +280,9 @@ def load_splits(task: DictConfig, data_dir: str | None, seed: int) -> datasets.D
     test = _formatted(test_src, task.n_test, task, task.split_seed, "test", "n_test")
     pool = _formatted(train_src, task.n_train + task.n_val, task, seed, "train", "n_train + n_val")
     n_pool = len(pool)
-    n_val = min(task.n_val, n_pool // 5)
+    # Validation gets the rows it asks for when the source has them. A short source's
+    # validation is cut to a fifth of what there is, so the halves keep the rest.
+    n_val = task.n_val if n_pool >= task.n_train + task.n_val else min(task.n_val, n_pool // 5)
     n_half = (n_pool - n_val) // 2
     # Lists, not ranges: datasets refuses an empty range that starts at the end (n_val = 0).
     splits = datasets.DatasetDict(
