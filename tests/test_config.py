@@ -157,16 +157,24 @@ def test_no_preset_is_applied_unless_named():
     assert bare.train.head_lr is None and bare.method.name == "direct" and bare.select.name == "last"
 
 
-def test_the_causal_suite_reads_the_layers_its_screens_chose():
-    """Every task the causal suite sweeps has a layer per model, and it is the one that
-    ``scripts/choose_layer.py`` recorded on that task's validation split (docs/results/layers)."""
+@pytest.mark.parametrize(
+    "preset,screens,n_val", [("causal_suite", "layers", 200), ("causal_suite_val500", "layers_val500", 500)]
+)
+def test_the_causal_suite_reads_the_layers_its_screens_chose(preset, screens, n_val):
+    """Every task a causal suite sweeps has a layer per model, and it is the one that
+    ``scripts/choose_layer.py`` recorded on that task's validation split of the suite's size."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        sweep = compose(config_name="config", overrides=["experiment=causal_suite"], return_hydra_config=True)
+        sweep = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        assert sweep.hydra.sweep.dir == sweep.report.dir == f"docs/results/{preset}"
         for task in sweep.hydra.sweeper.params.task.split(","):
-            cfg = compose(config_name="config", overrides=["experiment=causal_suite", f"task={task}"])
+            cfg = compose(config_name="config", overrides=[f"experiment={preset}", f"task={task}"])
+            assert cfg.task.n_val == n_val
             for role in (cfg.weak, cfg.strong):
-                screen = Path(CONF_DIR).parent / "docs" / "results" / "layers" / task / f"{role.name}.json"
-                assert role.hidden_layer == json.loads(screen.read_text())["best_layer"], (task, role.name)
-        unscreened = compose(config_name="config", overrides=["experiment=causal_suite", "task=boolq"])
+                screen = json.loads(
+                    (Path(CONF_DIR).parent / "docs" / "results" / screens / task / f"{role.name}.json").read_text()
+                )
+                assert role.hidden_layer == screen["best_layer"], (task, role.name)
+                assert screen["rows"]["train_a"] == 500 and screen["rows"]["val"] == n_val, (task, role.name)
+        unscreened = compose(config_name="config", overrides=[f"experiment={preset}", "task=boolq"])
     with pytest.raises(Exception, match="probe_layers.boolq"):
         OmegaConf.resolve(unscreened)
