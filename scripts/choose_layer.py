@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--models", default=RUNGS, help=f"comma-separated (default: {RUNGS})")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "layers")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (e.g. paths.zoo_dir=...)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # Hydra overrides before or after the flags
     (args.out / args.task).mkdir(parents=True, exist_ok=True)
     records = []
     for model in args.models.split(","):
