@@ -158,23 +158,29 @@ def test_no_preset_is_applied_unless_named():
 
 
 @pytest.mark.parametrize(
-    "preset,screens,n_val", [("causal_suite", "layers", 200), ("causal_suite_val500", "layers_val500", 500)]
+    "preset,results,screens,half,n_val",
+    [
+        ("causal_suite", "causal_suite", "layers", 500, 200),
+        ("causal_suite_val500", "causal_suite_val500", "layers_val500", 500, 500),
+        # HellaSwag's larger halves write into the val500 suite's folder: one report, eight tasks.
+        ("causal_suite_hellaswag", "causal_suite_val500", "layers_val500_halves1000", 1000, 500),
+    ],
 )
-def test_the_causal_suite_reads_the_layers_its_screens_chose(preset, screens, n_val):
+def test_the_causal_suite_reads_the_layers_its_screens_chose(preset, results, screens, half, n_val):
     """Every task a causal suite sweeps has a layer per model, and it is the one that
-    ``scripts/choose_layer.py`` recorded on that task's validation split of the suite's size."""
+    ``scripts/choose_layer.py`` recorded on that task's splits of the suite's sizes."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         sweep = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
-        assert sweep.hydra.sweep.dir == sweep.report.dir == f"docs/results/{preset}"
+        assert sweep.hydra.sweep.dir == sweep.report.dir == f"docs/results/{results}"
         for task in sweep.hydra.sweeper.params.task.split(","):
             cfg = compose(config_name="config", overrides=[f"experiment={preset}", f"task={task}"])
-            assert cfg.task.n_val == n_val
+            assert (cfg.task.n_train, cfg.task.n_val) == (2 * half, n_val)
             for role in (cfg.weak, cfg.strong):
                 screen = json.loads(
                     (Path(CONF_DIR).parent / "docs" / "results" / screens / task / f"{role.name}.json").read_text()
                 )
                 assert role.hidden_layer == screen["best_layer"], (task, role.name)
-                assert screen["rows"]["train_a"] == 500 and screen["rows"]["val"] == n_val, (task, role.name)
+                assert screen["rows"]["train_a"] == half and screen["rows"]["val"] == n_val, (task, role.name)
         unscreened = compose(config_name="config", overrides=[f"experiment={preset}", "task=boolq"])
     with pytest.raises(Exception, match="probe_layers.boolq"):
         OmegaConf.resolve(unscreened)
