@@ -319,3 +319,16 @@ def test_one_setting_written_as_0_and_as_0_0_is_one_variant_and_the_seeds_pool()
     ]
     pairs, _ = tables.tables(results)
     assert "task.ranges.Rating" not in pairs.columns and list(pairs["seeds"]) == [3]
+
+
+def test_a_task_without_a_pgr_keeps_its_slot_and_label_inside_the_pgr_figure():
+    # The last task's gap is within noise, so it has no PGR: its "n/a" must still sit on the axes.
+    runs = [result("small", "big", (0.6, 0.7, 0.9), loss=loss) for loss in ("xent", "aux_conf")]
+    runs += [result("small", "big", (0.6, 0.6, 0.601), task="wic", loss=loss) for loss in ("xent", "aux_conf")]
+    summary = tables.tables(runs)[1]
+    assert summary.set_index("task").loc["wic", "median_pgr"].isna().all()
+    ax = figures.plot_pgr(summary).axes[0]
+    left, right = ax.get_xlim()
+    labels = [text for text in ax.texts if text.get_text() == "n/a"]
+    assert len(labels) == 2 and all(left < text.get_position()[0] < right for text in labels)
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["sst2", "wic"]

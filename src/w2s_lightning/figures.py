@@ -102,7 +102,11 @@ def plot_pgr(summary: pd.DataFrame) -> plt.Figure:
             if pd.isna(value):  # no pair with a defined PGR: say so rather than show an empty slot
                 ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks([t + width * (len(variants) - 1) / 2 for t in range(len(tasks))], tasks)
+    centres = [t + width * (len(variants) - 1) / 2 for t in range(len(tasks))]
+    ax.set_xticks(centres, tasks)
+    # A slot of width 1 per task: autoscaling ignores NaN bars, which left a last task without a
+    # PGR (and its "n/a") outside the axes.
+    ax.set_xlim(centres[0] - 0.5, centres[-1] + 0.5)
     ax.set_ylabel("median PGR over pairs")
     ax.set_title("Performance gap recovered")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
