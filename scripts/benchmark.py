@@ -56,6 +56,7 @@ LEVERS = {
     "freed memory kept (2,048 MB)": ["cpu_heap_keep_mb=2048"],
     "train batches padded to a multiple of 8 tokens": ["train.pad_to_multiple_of=8"],
     "dense embedding gradients (a fresh one per micro-batch)": ["train.sparse_embedding_grad=false"],
+    "GELU written out in Python (not fused)": ["train.fused_gelu=false"],
     # The candidate bf16 default before sparse embedding gradients (slower than the defaults since).
     "padded to 8, train micro-batches by tokens (1,024)": ["train.pad_to_multiple_of=8", "weak.minibatch_tokens=1024"],
     "both, and train micro-batches by tokens (1,024)": [

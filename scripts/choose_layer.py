@@ -72,7 +72,7 @@ def choose(task: str, model: str, overrides: list[str]) -> dict:
     tokenizer = load_tokenizer(cfg.strong, cfg.paths.zoo_dir)
     chosen = {name: tokenize(splits[name], tokenizer, cfg.strong.max_length) for name in ("train_a", "val")}
     torch.set_num_threads(threads.threads(cfg))
-    classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, dropout=False).eval()
+    classifier = load_classifier(cfg.strong, cfg.paths.zoo_dir, dropout=False, fused_gelu=cfg.train.fused_gelu).eval()
     train, val = (layer_features(cfg, classifier, tokenizer, chosen[name]) for name in ("train_a", "val"))
     labels = {name: torch.tensor(splits[name]["label"]) for name in ("train_a", "val")}
     accuracy = [probe_accuracy(train[i], labels["train_a"], val[i], labels["val"]) for i in range(len(train))]

@@ -18,7 +18,7 @@ from w2s_lightning import pipeline
 from w2s_lightning.errors import ConfigError
 from w2s_lightning.losses import XentLoss
 from w2s_lightning.memory import KERNEL_CACHE, drop_optimizer_state, keep_freed_memory, limit_kernel_cache
-from w2s_lightning.models import Classifier
+from w2s_lightning.models import Classifier, load_classifier
 from w2s_lightning.module import ADAMW_IMPLEMENTATIONS, W2SModule, adamw_schedule
 from w2s_lightning.speed import Throughput
 
@@ -135,6 +135,36 @@ def test_sparse_embedding_gradients_make_the_same_update_as_dense_ones():
     assert not torch.allclose(dense["classifier.backbone.wte.weight"], before["classifier.backbone.wte.weight"])
     for name, weight in dense.items():
         torch.testing.assert_close(sparse[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_fused_gelu_computes_what_gpt2s_python_gelu_does(tmp_path):
+    """train.fused_gelu swaps GPT-2's Python GELU for PyTorch's one-kernel form: every one of
+    them, and the logits and gradients stay those of the written-out formula."""
+    from omegaconf import OmegaConf
+    from transformers import GPT2Config, GPT2Model
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=500, n_positions=32, n_embd=32, n_layer=3, n_head=2)).save_pretrained(tmp_path)
+    model_cfg = OmegaConf.create({"name": "tiny_gpt2", "path": str(tmp_path), "pooling": "last"})
+    ids, head = torch.randint(0, 500, (4, 12)), torch.randn(2, 32)
+    results = {}
+    for fused in (False, True):
+        classifier = load_classifier(model_cfg, str(tmp_path), seed=0, fused_gelu=fused)
+        with torch.no_grad():  # the head starts at zero: logits and gradients would be too
+            classifier.head.weight.copy_(head.view_as(classifier.head.weight))
+        activations = [m for m in classifier.modules() if isinstance(m, GELUTanh | NewGELUActivation)]
+        assert [type(m) for m in activations] == [GELUTanh if fused else NewGELUActivation] * 3
+        x = torch.linspace(-6, 6, 1001)  # wide: at init the MLPs see inputs near 0, where GELUs agree
+        for activation in activations:  # exact GELU would be 5e-4 away: not the same function
+            torch.testing.assert_close(activation(x), NewGELUActivation()(x), rtol=0, atol=1e-6)
+        logits = classifier(input_ids=ids, attention_mask=torch.ones_like(ids))
+        logits.sum().backward()
+        results[fused] = logits, {n: p.grad for n, p in classifier.named_parameters()}
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
+    assert results[False][1]["backbone.h.0.mlp.c_fc.weight"].abs().sum() > 0
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_the_kernel_cache_limit_yields_to_the_environment(monkeypatch):

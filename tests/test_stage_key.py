@@ -120,7 +120,7 @@ def test_settings_that_cannot_change_a_result_leave_the_key_alone(make_cfg):
     no callbacks keeps the last weights whatever it validates; a frozen forward pass reads no
     training setting; a null setting is an absent one."""
     base = make_cfg()
-    for override in ("train.adamw=for_loop", "train.compile=true"):
+    for override in ("train.adamw=for_loop", "train.compile=true", "train.fused_gelu=false"):
         assert key(make_cfg(override)) == key(base) and key(make_cfg(override), "transfer") == key(base, "transfer")
     assert key(make_cfg("select.val_every=0.5"), "transfer") == key(base, "transfer")  # select=last
     assert key(make_cfg("select=weak_val"), "transfer") != key(base, "transfer")

@@ -53,7 +53,12 @@ def finetune(
     tokenizer = load_tokenizer(model_cfg, cfg.paths.zoo_dir)
     # Seeded: an encoder's MLM head is missing from the zoo's checkpoints and starts random.
     model = load_pretrained(
-        LM_CLASSES[model_cfg.objective], model_cfg, cfg.paths.zoo_dir, seed=cfg.seed, dropout=cfg.train.dropout
+        LM_CLASSES[model_cfg.objective],
+        model_cfg,
+        cfg.paths.zoo_dir,
+        seed=cfg.seed,
+        dropout=cfg.train.dropout,
+        fused_gelu=cfg.train.fused_gelu,
     )
     texts = unlabeled_texts(splits)
     tokenized = tokenize(texts, tokenizer, usable_length(model_cfg, tokenizer, cfg.paths.zoo_dir)).with_format("python")

@@ -202,7 +202,12 @@ class StageRunner:
         # Not resumed part-way, unlike training stages: one forward pass over one split, and the
         # splits already done are published stages that a rerun reuses (docs/reference.md).
         log.info("features: computing %s's frozen features of %s", request.model.name, request.predicts[0])
-        classifier = load_classifier(self.weights(request.model, init), self.cfg.paths.zoo_dir, dropout=False)
+        classifier = load_classifier(
+            self.weights(request.model, init),
+            self.cfg.paths.zoo_dir,
+            dropout=False,
+            fused_gelu=self.cfg.train.fused_gelu,
+        )
         datamodule = self.datamodule(request, self.kept_rows(request, None), {}, None)
         trainer = self.trainer(request.model, 1, out, False)
         outputs = trainer.predict(FeatureModule(classifier), datamodule=datamodule)
@@ -311,6 +316,7 @@ class StageRunner:
                 seed=cfg.seed,
                 dropout=cfg.train.dropout,
                 pairwise=cfg.task.pairwise,
+                fused_gelu=cfg.train.fused_gelu,
             )
         if cfg.train.compile:
             classifier.compile(dynamic=True)  # in place: the state dict keeps its names
