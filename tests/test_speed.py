@@ -167,6 +167,33 @@ def test_a_fused_gelu_computes_what_gpt2s_python_gelu_does(tmp_path):
         torch.testing.assert_close(results[True][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_predicting_in_bf16_weights_casts_once_and_predicts_within_rounding():
+    """train.predict_dtype=bfloat16 casts the weights when prediction starts (autocast then has
+    nothing left to cast); P(label=1) moves by bf16 rounding only. A name that is no dtype is
+    refused before any training."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    backbone = GPT2Model(GPT2Config(vocab_size=500, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    classifier = Classifier(backbone, "last")
+    with torch.no_grad():  # the head starts at zero: every prediction would be 0.5
+        classifier.head.weight.normal_()
+    ids = torch.randint(0, 500, (4, 8, 12))
+    batches = [{"input_ids": i, "attention_mask": torch.ones_like(i)} for i in ids]
+    predicted = {}
+    for dtype in (None, "bfloat16"):
+        module = W2SModule(classifier, XentLoss(), lr=1e-3, predict_dtype=dtype)
+        trainer = quiet_cpu_trainer(precision="bf16-mixed")
+        predicted[dtype] = torch.cat(trainer.predict(module, torch.utils.data.DataLoader(batches, batch_size=None)))
+        assert {p.dtype for p in classifier.parameters()} == {torch.bfloat16 if dtype else torch.float32}
+    assert predicted[None].dtype == predicted["bfloat16"].dtype == torch.float32
+    assert predicted[None].std() > 0.05  # predictions that differ, so the comparison can fail
+    torch.testing.assert_close(predicted["bfloat16"], predicted[None], rtol=0, atol=0.02)
+    for name in ("bf16", "int8"):
+        with pytest.raises(ConfigError, match=f"train.predict_dtype='{name}' is not a floating-point torch dtype"):
+            W2SModule(classifier, XentLoss(), lr=1e-3, predict_dtype=name)
+
+
 def test_the_kernel_cache_limit_yields_to_the_environment(monkeypatch):
     monkeypatch.delenv(KERNEL_CACHE, raising=False)
     limit_kernel_cache(None)

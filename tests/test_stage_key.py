@@ -26,6 +26,7 @@ def test_a_stage_key_changes_with_what_changes_results_only(make_cfg):
         "strong.lr=1e-5",
         "train.epochs=3",
         "trainer.precision=16-mixed",
+        "train.predict_dtype=bfloat16",
         "finetune=lora",
         "finetune=probe",
         "loss@ground_truth_loss=product",

@@ -107,9 +107,16 @@ class W2SModule(StepTraining):
         warmup_frac: float = 0.0,
         adamw: str = "fused",
         sparse_embedding_grad: bool = False,
+        predict_dtype: str | None = None,
         role: str = "train",
     ):
         super().__init__(sparse_embedding_grad)
+        dtype = getattr(torch, predict_dtype, None) if predict_dtype is not None else torch.float32
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(
+                f"train.predict_dtype={predict_dtype!r} is not a floating-point torch dtype; use bfloat16, "
+                "float16, or null (predict with the weights as trained)."
+            )
         self.save_hyperparameters(ignore=["classifier", "loss"])
         self.classifier = classifier
         self.loss = loss
@@ -164,6 +171,13 @@ class W2SModule(StepTraining):
         self.val_supervisor_acc.update(p1, (batch["target"][real] > 0.5).long())
         self.log_dict(self.val_metrics, prog_bar=True)
         self.log("val/supervisor_acc", self.val_supervisor_acc)
+
+    def on_predict_start(self) -> None:
+        # Transformers' bf16_full_eval: once a stage only predicts, its fp32 master weights serve
+        # nothing, and weights cast once spare autocast casting each of them again for every batch.
+        # Activations between the matmuls (the residual stream) are then rounded to the dtype too.
+        if self.hparams.predict_dtype:
+            self.classifier.to(getattr(torch, self.hparams.predict_dtype))
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Soft labels: P(label = 1) per example."""
