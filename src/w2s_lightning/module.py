@@ -1,6 +1,11 @@
 """The LightningModules: ``W2SModule`` trains a Classifier with one of the losses,
 ``FeatureModule`` predicts a frozen model's pooled features (probes), and
-``LanguageModelModule`` trains a model's own language-model objective (generative fine-tuning)."""
+``LanguageModelModule`` trains a model's own language-model objective (generative fine-tuning).
+
+Why it is long: the training modules share ``StepTraining``, the loop that makes one training
+step one optimizer step, with the speed and memory settings that act inside it (sparse
+embedding gradients, the prediction dtype) and the AdamW they build; apart, each file would
+import half of the others."""
 
 from __future__ import annotations
 
