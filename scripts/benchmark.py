@@ -58,6 +58,8 @@ LEVERS = {
     "dense embedding gradients (a fresh one per micro-batch)": ["train.sparse_embedding_grad=false"],
     "GELU written out in Python (not fused)": ["train.fused_gelu=false"],
     "predict with weights cast to bf16 once": ["train.predict_dtype=bfloat16"],
+    # The opt-in settings for short texts on a bf16 CPU (docs/speed.md, "Eager attention in bf16").
+    "eager attention, predict in bf16 weights": ["weak.attn_implementation=eager", "train.predict_dtype=bfloat16"],
     # The candidate bf16 default before sparse embedding gradients (slower than the defaults since).
     "padded to 8, train micro-batches by tokens (1,024)": ["train.pad_to_multiple_of=8", "weak.minibatch_tokens=1024"],
     "both, and train micro-batches by tokens (1,024)": [

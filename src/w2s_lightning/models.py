@@ -151,7 +151,8 @@ def fuse_gelu(model: nn.Module) -> nn.Module:
     eight element-wise operations, each a pass over the MLP's activations, and as many saved for
     the backward pass) replaced by PyTorch's one-kernel ``gelu(approximate="tanh")``, the same
     function up to float rounding (transformers' ``gelu_pytorch_tanh``): 3-6% faster prediction
-    and 0.2 GB less memory on the GPT-2 benchmark (docs/speed.md, "A fused GELU")."""
+    and 0.2 GB less memory on the GPT-2 benchmark (docs/speed.md, "A fused GELU, and prediction
+    in bf16 weights")."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, NewGELUActivation | FastGELUActivation):
