@@ -116,12 +116,14 @@ class W2SModule(StepTraining):
         role: str = "train",
     ):
         super().__init__(sparse_embedding_grad)
-        dtype = getattr(torch, predict_dtype, None) if predict_dtype is not None else torch.float32
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ConfigError(
-                f"train.predict_dtype={predict_dtype!r} is not a floating-point torch dtype; use bfloat16, "
-                "float16, or null (predict with the weights as trained)."
-            )
+        self.predict_dtype = None  # the dtype the weights are cast to when prediction starts
+        if predict_dtype is not None:
+            self.predict_dtype = getattr(torch, predict_dtype, None)
+            if not (isinstance(self.predict_dtype, torch.dtype) and self.predict_dtype.is_floating_point):
+                raise ConfigError(
+                    f"train.predict_dtype={predict_dtype!r} is not a floating-point torch dtype; use bfloat16, "
+                    "float16, or null (predict with the weights as trained)."
+                )
         self.save_hyperparameters(ignore=["classifier", "loss"])
         self.classifier = classifier
         self.loss = loss
@@ -181,8 +183,8 @@ class W2SModule(StepTraining):
         # Transformers' bf16_full_eval: once a stage only predicts, its fp32 master weights serve
         # nothing, and weights cast once spare autocast casting each of them again for every batch.
         # Activations between the matmuls (the residual stream) are then rounded to the dtype too.
-        if self.hparams.predict_dtype:
-            self.classifier.to(getattr(torch, self.hparams.predict_dtype))
+        if self.predict_dtype is not None:
+            self.classifier.to(self.predict_dtype)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Soft labels: P(label = 1) per example."""
