@@ -53,6 +53,7 @@ LEVERS = {
     "predict batches by tokens (1,024)": ["weak.eval_batch_tokens=1024"],
     "torch.compile": ["train.compile=true"],
     "eager attention (not SDPA)": ["weak.attn_implementation=eager"],
+    "SDPA at every length (no eager training for short rows)": ["train.cpu_eager_attention_tokens=null"],
     "freed memory kept (2,048 MB)": ["cpu_heap_keep_mb=2048"],
     "train batches padded to a multiple of 8 tokens": ["train.pad_to_multiple_of=8"],
     "dense embedding gradients (a fresh one per micro-batch)": ["train.sparse_embedding_grad=false"],

@@ -92,15 +92,17 @@ def test_a_fitted_stage_drops_adamw_state_and_predicts_the_same():
     assert torch.equal(torch.cat(trainer.predict(module, loader)), before)
 
 
-def fit_tiny_gpt2(sparse_embedding_grad: bool) -> tuple[dict, dict, list[bool]]:
-    """Three optimizer steps of a tiny GPT-2 classifier, four micro-batches each: its weights
-    before and after them, and whether each backward pass left the token embedding's gradient
-    sparse."""
+def fit_tiny_gpt2(**options) -> tuple[dict, dict, list[bool], list[str]]:
+    """Three optimizer steps of a tiny GPT-2 classifier, four micro-batches of 12-token rows
+    each, with W2SModule's ``options``: its weights before and after them, whether each backward
+    pass left the token embedding's gradient sparse, and the attention implementation each
+    training forward of the first layer ran with."""
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
     backbone = GPT2Model(GPT2Config(vocab_size=500, n_positions=32, n_embd=32, n_layer=2, n_head=2))
-    module = W2SModule(Classifier(backbone, "last"), XentLoss(), lr=1e-2, sparse_embedding_grad=sparse_embedding_grad)
+    assert backbone.config._attn_implementation == "sdpa"  # transformers' choice, which the lever replaces
+    module = W2SModule(Classifier(backbone, "last"), XentLoss(), lr=1e-2, **options)
     before = {k: v.clone() for k, v in module.state_dict().items()}
 
     def micro_batch() -> dict[str, torch.Tensor]:
@@ -115,26 +117,45 @@ def fit_tiny_gpt2(sparse_embedding_grad: bool) -> tuple[dict, dict, list[bool]]:
 
     steps = [{"micro_batches": [micro_batch() for _ in range(4)], "shares": [0.25] * 4, "rows": 16} for _ in range(3)]
     sparse: list[bool] = []
+    attention: list[str] = []
 
     class SeeGradient(pl.Callback):
         def on_after_backward(self, trainer, pl_module):
             sparse.append(backbone.wte.weight.grad.is_sparse)
 
+    attn = backbone.h[0].attn
+    attn.register_forward_pre_hook(lambda m, args: attention.append(m.config._attn_implementation))
     trainer = quiet_cpu_trainer(callbacks=[SeeGradient()])
     trainer.fit(module, torch.utils.data.DataLoader(steps, batch_size=None))
     assert not module.dense_grads  # the buffers go with the fit
-    return before, module.state_dict(), sparse
+    assert backbone.config._attn_implementation == "sdpa"  # given back after each micro-batch
+    return before, module.state_dict(), sparse, attention
 
 
 def test_sparse_embedding_gradients_make_the_same_update_as_dense_ones():
     """Gathered sparse over a step's micro-batches and made dense once before AdamW, the
     embedding's gradient updates every weight as the dense one does, to float rounding."""
-    before, dense, dense_seen = fit_tiny_gpt2(False)
-    _, sparse, sparse_seen = fit_tiny_gpt2(True)
+    before, dense, dense_seen, _ = fit_tiny_gpt2(sparse_embedding_grad=False)
+    _, sparse, sparse_seen, _ = fit_tiny_gpt2(sparse_embedding_grad=True)
     assert dense_seen == [False] * 12 and sparse_seen == [True] * 12
     assert not torch.allclose(dense["classifier.backbone.wte.weight"], before["classifier.backbone.wte.weight"])
     for name, weight in dense.items():
         torch.testing.assert_close(sparse[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_short_rows_train_with_eager_attention_to_the_same_update_as_sdpa():
+    """train.cpu_eager_attention_tokens: a CPU micro-batch of rows no longer than the limit
+    trains (forward and backward) with eager attention, a longer one with SDPA; the model's
+    choice comes back after each micro-batch, and the update is SDPA's to float rounding."""
+    before, sdpa, _, sdpa_seen = fit_tiny_gpt2(cpu_eager_attention_tokens=None)
+    _, eager, _, eager_seen = fit_tiny_gpt2(cpu_eager_attention_tokens=12)
+    _, _, _, long_seen = fit_tiny_gpt2(cpu_eager_attention_tokens=11)
+    assert eager_seen == ["eager"] * 12 and sdpa_seen == long_seen == ["sdpa"] * 12
+    assert not torch.allclose(
+        sdpa["classifier.backbone.h.0.attn.c_attn.weight"], before["classifier.backbone.h.0.attn.c_attn.weight"]
+    )
+    for name, weight in sdpa.items():
+        torch.testing.assert_close(eager[name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_fused_gelu_computes_what_gpt2s_python_gelu_does(tmp_path):

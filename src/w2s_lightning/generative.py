@@ -69,7 +69,12 @@ def finetune(
         shuffled(len(tokenized), model_cfg.minibatch_size), per_step, cfg.seed, trainer.global_rank, trainer.world_size
     )
     loader = step_loader(tokenized, collator, steps)
-    module = LanguageModelModule(model, lr=options["lr"] or model_cfg.lr, adamw=cfg.train.adamw)
+    module = LanguageModelModule(
+        model,
+        lr=options["lr"] or model_cfg.lr,
+        adamw=cfg.train.adamw,
+        cpu_eager_attention_tokens=cfg.train.cpu_eager_attention_tokens,
+    )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

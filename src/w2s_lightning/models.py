@@ -8,12 +8,21 @@ length) and the errors that name the fix sit beside the module that uses them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
 from w2s_lightning import zoo
@@ -158,6 +167,24 @@ def fuse_gelu(model: nn.Module) -> nn.Module:
             if isinstance(child, NewGELUActivation | FastGELUActivation):
                 setattr(parent, name, GELUTanh())
     return model
+
+
+@contextmanager
+def sdpa_replaced_by(model: nn.Module, implementation: str) -> Iterator[None]:
+    """Inside the block, every transformers model in ``model`` that computes attention with SDPA
+    computes it with ``implementation`` instead. Transformers reads the choice from the config at
+    each forward, the attention masks' form too, so switching it between forwards is safe; a
+    backward pass that recomputes (gradient checkpointing) must run inside the same block.
+    A model that chose another implementation (eager, flash_attention_2) keeps it."""
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel)}
+    switched = [c for c in configs.values() if c._attn_implementation == "sdpa"]
+    for config in switched:
+        config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        for config in switched:
+            config._attn_implementation = "sdpa"
 
 
 def source_options(model_cfg: DictConfig) -> dict:

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 from w2s_lightning import faults
 from w2s_lightning.errors import ConfigError, TrainingError
 from w2s_lightning.memory import densify_gradients, sparse_embedding_gradients
+from w2s_lightning.models import sdpa_replaced_by
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -45,10 +46,11 @@ class StepTraining(pl.LightningModule):
     between micro-batches of one step (a SIGTERM stops the fit after the step it arrived in).
     """
 
-    def __init__(self, sparse_embedding_grad: bool = False):
+    def __init__(self, sparse_embedding_grad: bool = False, cpu_eager_attention_tokens: int | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.sparse_embedding_grad = sparse_embedding_grad
+        self.cpu_eager_attention_tokens = cpu_eager_attention_tokens
         self.dense_grads: dict[torch.nn.Parameter, torch.Tensor] = {}
 
     def on_fit_start(self) -> None:
@@ -59,6 +61,16 @@ class StepTraining(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         self.dense_grads.clear()  # predicting needs no gradient buffers
+
+    def training_attention(self, batch: dict):
+        """Where a micro-batch is trained, forward and backward: with eager attention for rows of
+        at most ``cpu_eager_attention_tokens`` tokens on a CPU, whose SDPA backward (the flash
+        kernel) costs milliseconds a layer even for a few tokens (docs/speed.md, "Eager attention
+        by length"); with the model's own choice otherwise. Eager keeps each layer's L x L
+        attention weights for the backward pass, which costs time and memory for long rows."""
+        ids = batch.get("input_ids")
+        short = ids is not None and ids.shape[-1] <= (self.cpu_eager_attention_tokens or 0)
+        return sdpa_replaced_by(self, "eager") if short and self.device.type == "cpu" else nullcontext()
 
     def micro_batch_loss(self, batch: dict, step_frac: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The mean loss over ``batch``, and figures to log (means over it too)."""
@@ -79,16 +91,17 @@ class StepTraining(pl.LightningModule):
             logged: dict[str, torch.Tensor] = {}
             for i, (batch, share) in enumerate(zip(batches, shares, strict=True)):
                 faults.reached("train_step")
-                with record_function("w2s.forward"):
-                    loss, figures = self.micro_batch_loss(batch, step_frac)
-                # DDP and FSDP average the ranks' gradients: times world, the step's gradient is the
-                # sum over its rows / its rows. Gradients are reduced once, after the last micro-batch.
-                last = i == len(batches) - 1
-                no_sync = (
-                    nullcontext() if last else getattr(self.trainer.strategy, "block_backward_sync", nullcontext)()
-                )
-                with no_sync, record_function("w2s.backward"):
-                    self.manual_backward(loss * share * self.trainer.world_size)
+                with self.training_attention(batch):
+                    with record_function("w2s.forward"):
+                        loss, figures = self.micro_batch_loss(batch, step_frac)
+                    # DDP and FSDP average the ranks' gradients: times world, the step's gradient is the
+                    # sum over its rows / its rows. Gradients are reduced once, after the last micro-batch.
+                    last = i == len(batches) - 1
+                    no_sync = (
+                        nullcontext() if last else getattr(self.trainer.strategy, "block_backward_sync", nullcontext)()
+                    )
+                    with no_sync, record_function("w2s.backward"):
+                        self.manual_backward(loss * share * self.trainer.world_size)
                 for name, value in {"train/loss": loss, **figures}.items():
                     logged[name] = logged.get(name, 0.0) + value.detach() * share
             with record_function("w2s.optimizer"):
@@ -112,10 +125,11 @@ class W2SModule(StepTraining):
         warmup_frac: float = 0.0,
         adamw: str = "fused",
         sparse_embedding_grad: bool = False,
+        cpu_eager_attention_tokens: int | None = None,
         predict_dtype: str | None = None,
         role: str = "train",
     ):
-        super().__init__(sparse_embedding_grad)
+        super().__init__(sparse_embedding_grad, cpu_eager_attention_tokens)
         self.predict_dtype = None  # the dtype the weights are cast to when prediction starts
         if predict_dtype is not None:
             self.predict_dtype = getattr(torch, predict_dtype, None)
@@ -247,8 +261,10 @@ class FeatureModule(pl.LightningModule):
 
 
 class LanguageModelModule(StepTraining):
-    def __init__(self, model: torch.nn.Module, lr: float, adamw: str = "fused"):
-        super().__init__()
+    def __init__(
+        self, model: torch.nn.Module, lr: float, adamw: str = "fused", cpu_eager_attention_tokens: int | None = None
+    ):
+        super().__init__(cpu_eager_attention_tokens=cpu_eager_attention_tokens)
         self.model = model
         self.lr = lr
         self.adamw = adamw

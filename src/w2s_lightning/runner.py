@@ -330,6 +330,7 @@ class StageRunner:
             warmup_frac=cfg.train.warmup_frac,
             adamw=cfg.train.adamw,
             sparse_embedding_grad=cfg.train.sparse_embedding_grad,
+            cpu_eager_attention_tokens=cfg.train.cpu_eager_attention_tokens,
             predict_dtype=cfg.train.predict_dtype,
             role=request.role,
         )

@@ -55,8 +55,9 @@ TRAINING_ONLY_MODEL_KEYS = (
 # Task fields that describe or check the data, never change the rows (those are in the fingerprint).
 DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
 # Training settings that change how a stage runs, not what it ends with: checkpoints, and
-# AdamW's kernel, torch.compile, padding to a multiple, sparse embedding gradients and a fused
-# GELU, which reorder or round float sums but compute the same function and update.
+# AdamW's kernel, torch.compile, padding to a multiple, sparse embedding gradients, a fused
+# GELU and eager attention for short rows, which reorder or round float sums but compute the
+# same function and update.
 RUN_ONLY_TRAIN_KEYS = (
     "checkpoint_every",
     "adamw",
@@ -64,6 +65,7 @@ RUN_ONLY_TRAIN_KEYS = (
     "pad_to_multiple_of",
     "sparse_embedding_grad",
     "fused_gelu",
+    "cpu_eager_attention_tokens",
 )
 # Trainer settings conf/trainer gained after stages were cached, at the value Lightning takes
 # without them: left out of the key there, so those stages keep their keys.
