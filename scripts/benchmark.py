@@ -58,6 +58,7 @@ LEVERS = {
     "train batches padded to a multiple of 8 tokens": ["train.pad_to_multiple_of=8"],
     "dense embedding gradients (a fresh one per micro-batch)": ["train.sparse_embedding_grad=false"],
     "GELU written out in Python (not fused)": ["train.fused_gelu=false"],
+    "autocast casts the weights for every prediction batch": ["train.precast_predict_weights=false"],
     "predict with weights cast to bf16 once": ["train.predict_dtype=bfloat16"],
     # The opt-in settings for short texts on a bf16 CPU (docs/speed.md, "Eager attention in bf16").
     "eager attention, predict in bf16 weights": ["weak.attn_implementation=eager", "train.predict_dtype=bfloat16"],

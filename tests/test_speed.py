@@ -215,6 +215,45 @@ def test_predicting_in_bf16_weights_casts_once_and_predicts_within_rounding():
             W2SModule(classifier, XentLoss(), lr=1e-3, predict_dtype=name)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_weights_cast_once_for_prediction_predict_the_same_bit_for_bit(family):
+    """train.precast_predict_weights casts, when prediction starts under bf16-mixed, the weights
+    autocast casts at every call (GPT-2's Conv1D, BERT's and the head's Linear layers), not the
+    embeddings and layer norms it runs in float32: the predictions are the same to the bit.
+    Under 32-true nothing is cast."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        backbone = GPT2Model(GPT2Config(vocab_size=500, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+        matmul, float32 = "backbone.h.0.attn.c_attn.weight", ["backbone.wte.weight", "backbone.h.0.ln_1.weight"]
+    else:
+        backbone = BertModel(
+            BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        )
+        matmul = "backbone.encoder.layer.0.attention.self.query.weight"
+        float32 = ["backbone.embeddings.word_embeddings.weight", "backbone.embeddings.LayerNorm.weight"]
+    classifier = Classifier(backbone, "last" if family == "gpt2" else "first")
+    with torch.no_grad():  # the head starts at zero: every prediction would be 0.5
+        classifier.head.weight.normal_()
+    ids = torch.randint(0, 500, (4, 8, 12))
+    batches = [{"input_ids": i, "attention_mask": torch.ones_like(i)} for i in ids]
+    predicted = {}
+    for precision, precast in (("32-true", True), ("bf16-mixed", False), ("bf16-mixed", True)):
+        module = W2SModule(classifier, XentLoss(), lr=1e-3, precast_predict_weights=precast)
+        trainer = quiet_cpu_trainer(precision=precision)
+        predicted[precision, precast] = torch.cat(
+            trainer.predict(module, torch.utils.data.DataLoader(batches, batch_size=None))
+        )
+        dtypes = {name: p.dtype for name, p in classifier.named_parameters()}
+        cast = precision == "bf16-mixed" and precast
+        assert dtypes[matmul] == dtypes["head.weight"] == (torch.bfloat16 if cast else torch.float32)
+        assert all(dtypes[name] == torch.float32 for name in float32)
+    assert predicted["bf16-mixed", False].std() > 0.05  # predictions that differ, so equality can fail
+    assert not torch.equal(predicted["bf16-mixed", False], predicted["32-true", True])  # bf16 rounds
+    assert torch.equal(predicted["bf16-mixed", True], predicted["bf16-mixed", False])
+
+
 def test_the_kernel_cache_limit_yields_to_the_environment(monkeypatch):
     monkeypatch.delenv(KERNEL_CACHE, raising=False)
     limit_kernel_cache(None)

@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+from transformers.pytorch_utils import Conv1D
 
 from w2s_lightning import zoo
 from w2s_lightning.errors import ConfigError, ModelError
@@ -167,6 +168,26 @@ def fuse_gelu(model: nn.Module) -> nn.Module:
             if isinstance(child, NewGELUActivation | FastGELUActivation):
                 setattr(parent, name, GELUTanh())
     return model
+
+
+# The layers whose weights autocast casts to the low precision at every call (its matmuls and
+# convolutions); layer norms and embeddings it runs in float32, with their float32 weights.
+AUTOCAST_LOW_PRECISION_LAYERS = (nn.Linear, Conv1D, nn.modules.conv._ConvNd)
+
+
+def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Casts, in place and once, the weights and biases that autocast to ``dtype`` would cast
+    at every call: those of linear and convolution layers (not one shared with another kind of
+    layer, such as an input embedding tied to an output layer). Under that autocast the model
+    computes the same as before, as autocast finds them already cast, without casting each of
+    them again for every batch (docs/speed.md, "Weights cast once for prediction")."""
+    layers = [m for m in model.modules() if isinstance(m, AUTOCAST_LOW_PRECISION_LAYERS)]
+    others = [m for m in model.modules() if not isinstance(m, AUTOCAST_LOW_PRECISION_LAYERS)]
+    shared = {id(p) for m in others for p in m.parameters(recurse=False)}
+    for layer in layers:
+        for param in layer.parameters(recurse=False):
+            if id(param) not in shared:
+                param.data = param.data.to(dtype)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.profiler import record_function
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
@@ -22,9 +23,11 @@ from transformers import get_scheduler
 from w2s_lightning import faults
 from w2s_lightning.errors import ConfigError, TrainingError
 from w2s_lightning.memory import densify_gradients, sparse_embedding_gradients
-from w2s_lightning.models import sdpa_replaced_by
+from w2s_lightning.models import cast_matmul_weights, sdpa_replaced_by
 
 Loss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+# The low precision of each of Lightning's mixed-precision settings: what its autocast casts to.
+MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
@@ -127,6 +130,7 @@ class W2SModule(StepTraining):
         sparse_embedding_grad: bool = False,
         cpu_eager_attention_tokens: int | None = None,
         predict_dtype: str | None = None,
+        precast_predict_weights: bool = False,
         role: str = "train",
     ):
         super().__init__(sparse_embedding_grad, cpu_eager_attention_tokens)
@@ -194,11 +198,16 @@ class W2SModule(StepTraining):
         self.log("val/supervisor_acc", self.val_supervisor_acc)
 
     def on_predict_start(self) -> None:
-        # Transformers' bf16_full_eval: once a stage only predicts, its fp32 master weights serve
-        # nothing, and weights cast once spare autocast casting each of them again for every batch.
-        # Activations between the matmuls (the residual stream) are then rounded to the dtype too.
+        mixed = MIXED_PRECISION_DTYPES.get(self.trainer.precision)
         if self.predict_dtype is not None:
+            # Transformers' bf16_full_eval: once a stage only predicts, its fp32 master weights
+            # serve nothing, and weights cast once spare autocast casting each of them again for
+            # every batch. The residual stream between the matmuls is then rounded to the dtype too.
             self.classifier.to(self.predict_dtype)
+        elif self.hparams.precast_predict_weights and mixed and not isinstance(self.trainer.strategy, FSDPStrategy):
+            # Only the weights autocast casts anyway: the same predictions, bit for bit. FSDP's
+            # shards are cast by its own mixed-precision policy.
+            cast_matmul_weights(self.classifier, mixed)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Soft labels: P(label = 1) per example."""

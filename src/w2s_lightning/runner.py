@@ -332,6 +332,7 @@ class StageRunner:
             sparse_embedding_grad=cfg.train.sparse_embedding_grad,
             cpu_eager_attention_tokens=cfg.train.cpu_eager_attention_tokens,
             predict_dtype=cfg.train.predict_dtype,
+            precast_predict_weights=cfg.train.precast_predict_weights,
             role=request.role,
         )
 

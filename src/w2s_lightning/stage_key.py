@@ -56,8 +56,8 @@ TRAINING_ONLY_MODEL_KEYS = (
 DISPLAY_ONLY_TASK_KEYS = ("about", "columns")
 # Training settings that change how a stage runs, not what it ends with: checkpoints, and
 # AdamW's kernel, torch.compile, padding to a multiple, sparse embedding gradients, a fused
-# GELU and eager attention for short rows, which reorder or round float sums but compute the
-# same function and update.
+# GELU, eager attention for short rows and prediction's weights cast once, which reorder or
+# round float sums (or not even that) but compute the same function and update.
 RUN_ONLY_TRAIN_KEYS = (
     "checkpoint_every",
     "adamw",
@@ -66,6 +66,7 @@ RUN_ONLY_TRAIN_KEYS = (
     "sparse_embedding_grad",
     "fused_gelu",
     "cpu_eager_attention_tokens",
+    "precast_predict_weights",
 )
 # Trainer settings conf/trainer gained after stages were cached, at the value Lightning takes
 # without them: left out of the key there, so those stages keep their keys.
