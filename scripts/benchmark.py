@@ -50,6 +50,7 @@ LEVERS = {
     "predict micro-batch 128": ["weak.eval_batch_size=128"],
     "train micro-batch 32 (no accumulation)": ["weak.minibatch_size=32"],
     "train micro-batches by tokens (256)": ["weak.minibatch_tokens=256"],
+    "train micro-batches by tokens (512)": ["weak.minibatch_tokens=512"],
     "predict batches by tokens (1,024)": ["weak.eval_batch_tokens=1024"],
     "torch.compile": ["train.compile=true"],
     "eager attention (not SDPA)": ["weak.attn_implementation=eager"],
@@ -347,6 +348,16 @@ def suite(args) -> None:
     runs = []
     if args.checkout:
         check_checkout(args.checkout)
+    known = {override for levers in LEVERS.values() for override in levers}
+    unknown = [override for override in args.levers if override not in known]
+    if unknown:  # else the suite would run without them and say nothing
+        print(
+            f"error: no lever sets {', '.join(unknown)}. Levers are set by: {', '.join(sorted(known))}. "
+            "Add a new one to LEVERS in scripts/benchmark.py, or time it with: "
+            f"python scripts/benchmark.py project {args.model} {' '.join(unknown)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     base = [sys.executable, __file__]
     common = ["--rows", str(args.rows), "--task", args.task]
     jobs = [

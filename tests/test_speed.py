@@ -326,6 +326,20 @@ def test_benchmark_table_gives_each_run_its_ratio_to_the_reference():
     assert "| project (3) | 14.00 (12.00-30.00) | 3.50x | 40.00 (40.00-40.00) | 4.00x |" in rows
 
 
+def test_the_suite_refuses_a_lever_it_does_not_have(tmp_path):
+    """An override no lever sets stops the suite before anything runs, naming the fix: it used to
+    run the defaults alone and say nothing."""
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "suite", str(tmp_path), "--levers", "weak.minibatch_size=16"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and not done.stdout
+    assert "no lever sets weak.minibatch_size=16" in done.stderr and "weak.minibatch_size=32" in done.stderr
+
+
 @pytest.mark.slow
 def test_token_budgets_and_padding_multiples_compute_what_plain_batches_do(make_cfg, tiny_overrides, tmp_path):
     """A token budget cuts each optimizer step's rows (and each prediction batch) anew, and a
