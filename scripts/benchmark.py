@@ -351,13 +351,13 @@ def suite(args) -> None:
     known = {override for levers in LEVERS.values() for override in levers}
     unknown = [override for override in args.levers if override not in known]
     if unknown:  # else the suite would run without them and say nothing
-        print(
-            f"error: no lever sets {', '.join(unknown)}. Levers are set by: {', '.join(sorted(known))}. "
+        from w2s_lightning.errors import ConfigError
+
+        raise ConfigError(
+            f"no lever sets {', '.join(unknown)}. Levers are set by: {', '.join(sorted(known))}. "
             "Add a new one to LEVERS in scripts/benchmark.py, or time it with: "
-            f"python scripts/benchmark.py project {args.model} {' '.join(unknown)}",
-            file=sys.stderr,
+            f"python scripts/benchmark.py project {args.model} {' '.join(unknown)}"
         )
-        sys.exit(2)
     base = [sys.executable, __file__]
     common = ["--rows", str(args.rows), "--task", args.task]
     jobs = [
